@@ -1,0 +1,39 @@
+# calcnode: `make test` sets everything up on a fresh Debian machine with Python 3.11 and runs
+# the whole suite; `make bench` runs the benchmarks.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the tests talk to: DCMTK (dsrdump, dcmp2pgm, storescu ...) and dicom3tools
+# (dciodvfy). Each entry is "package:binary that proves it is installed".
+DEBS   := dcmtk:/usr/bin/dsrdump dicom3tools:/usr/bin/dciodvfy
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test venv tools bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+tools:
+	@missing=""; for d in $(DEBS); do [ -x "$${d#*:}" ] || missing="$$missing $${d%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: venv tools
+	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python benchmarks/detect.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache var

@@ -1,0 +1,21 @@
+"""The exception hierarchy. Every error the node raises on purpose is a CalcnodeError."""
+
+
+class CalcnodeError(Exception):
+    """Base of every error calcnode raises on purpose."""
+
+
+class ConfigError(CalcnodeError):
+    """The configuration is invalid. ``problems`` lists one message per bad key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class UnusableImageError(CalcnodeError):
+    """An input object cannot be analysed; the message says why, for a person."""
+
+
+class ReportError(CalcnodeError):
+    """An output object could not be built from the findings."""
