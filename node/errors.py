@@ -19,3 +19,8 @@ class UnusableImageError(CalcnodeError):
 
 class ReportError(CalcnodeError):
     """An output object could not be built from the findings."""
+
+
+class NotAnalysableError(UnusableImageError):
+    """The object is not one calcnode analyses at all (another modality, a QC image, a
+    multi-frame object): it is skipped, not counted as a failed detection."""

@@ -142,6 +142,14 @@ class ImageFindings:
     source: SourceRef
     clusters: tuple[Cluster, ...]
     seconds: float = 0.0
+    laterality: Laterality | None = None
+    view: View | None = None
+
+    @property
+    def view_label(self) -> str:
+        """e.g. "RCC", "LMLO"; "?" for what the header did not say."""
+        side = self.laterality.value if self.laterality else "?"
+        return side + (self.view.value if self.view else "?")
 
 
 @dataclass(frozen=True)

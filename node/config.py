@@ -1,0 +1,218 @@
+"""The configuration: frozen dataclasses, loaded from YAML and validated once.
+
+Defaults live in the dataclasses, so an empty file is a valid config. Unknown keys, wrong types
+and out-of-range values are all reported together, each naming the file, the key path, what was
+expected and what was found::
+
+    config/calcnode.yaml: destinations.pacs.port: expected an integer 1..65535, got 'abc'
+
+A field's ``metadata`` may carry ``min`` / ``max`` (inclusive) and ``choices``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from node.detection.params import DetectionParams
+from node.errors import ConfigError
+
+OUTPUT_KINDS = ("sr", "sc", "gsps")
+AE_TITLE = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
+
+
+AE_META = {"pattern": AE_TITLE, "help": "1-16 characters, no backslash, not blank"}
+REQUIRED = {"required": True}
+
+
+def _range(lo=None, hi=None, **extra):
+    return {"min": lo, "max": hi, **extra}
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    ae_title: str = field(default="CALCNODE", metadata=AE_META)
+    host: str = "0.0.0.0"
+    port: int = field(default=11112, metadata=_range(1, 65535))
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: str = "var/calcnode"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    complete_after_s: float = field(default=10.0, metadata=_range(0, 86400))
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    """How inputs are read (images.py)."""
+
+    default_spacing_mm: float = field(default=0.1, metadata=_range(0.02, 0.5))
+    max_spacing_mm: float = field(default=0.2, metadata=_range(0.05, 1.0))
+    accept_lossy: bool = True
+    analyse_for_processing: bool = True
+
+
+@dataclass(frozen=True)
+class ReportingConfig:
+    """How outputs name their maker. ``uid_root`` None gives name-based ``2.25.`` UIDs."""
+
+    manufacturer: str = "calcnode project"
+    model_name: str = "calcnode"
+    device_serial_number: str = "0001"
+    institution_name: str = ""
+    uid_root: str | None = field(default=None, metadata={
+        "pattern": re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$"),
+        "help": "digits and dots ending with '.', at most 54 characters", "max_len": 54})
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    ae_title: str = field(default="", metadata={**AE_META, **REQUIRED})
+    host: str = field(default="", metadata=REQUIRED)
+    port: int = field(default=104, metadata={**_range(1, 65535), **REQUIRED})
+    outputs: tuple[str, ...] = field(default=OUTPUT_KINDS, metadata={"choices": OUTPUT_KINDS})
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: ListenConfig = ListenConfig()
+    storage: StorageConfig = StorageConfig()
+    study: StudyConfig = StudyConfig()
+    images: ImagesConfig = ImagesConfig()
+    detection: DetectionParams = DetectionParams()
+    reporting: ReportingConfig = ReportingConfig()
+    outputs: tuple[str, ...] = field(default=OUTPUT_KINDS, metadata={"choices": OUTPUT_KINDS})
+    destinations: dict[str, DestinationConfig] = field(default_factory=dict)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a YAML config; ``None`` gives the built-in defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_config(data if data is not None else {}, source=str(path))
+
+
+def parse_config(data: object, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document into a ``Config``; raise ConfigError listing problems."""
+    problems: list[str] = []
+    config = _build(Config, data, "", problems)
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    return config
+
+
+def _build(cls, data, path: str, problems: list[str]):
+    if not isinstance(data, dict):
+        problems.append(f"{path or '(top level)'}: expected a mapping, got {_show(data)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            problems.append(f"{where}: unknown key (known: {', '.join(known)})")
+    values = {}
+    for name, fld in known.items():
+        if fld.metadata.get("required") and name not in data:
+            problems.append(f"{path}.{name}: required key is missing" if path else f"{name}: required")
+        if name in data:
+            where = f"{path}.{name}" if path else name
+            values[name] = _convert(hints[name], data[name], where, fld.metadata, problems)
+    return cls(**{k: v for k, v in values.items() if v is not _INVALID})
+
+
+_INVALID = object()
+
+
+def _convert(hint, value, path: str, meta, problems: list[str]):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, problems)
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping of names, got {_show(value)}")
+            return _INVALID
+        return {str(k): _convert(args[1], v, f"{path}.{k}", {}, problems) for k, v in value.items()}
+    if origin is tuple:
+        return _convert_list(args[0], value, path, meta, problems)
+    return _convert_scalar(hint, value, path, meta, problems)
+
+
+def _convert_list(item_type, value, path, meta, problems):
+    if not isinstance(value, list):
+        problems.append(f"{path}: expected a list, got {_show(value)}")
+        return _INVALID
+    items = [_convert_scalar(item_type, v, f"{path}[{i}]", meta, problems) for i, v in enumerate(value)]
+    return _INVALID if _INVALID in items else tuple(items)
+
+
+def _convert_scalar(hint, value, path, meta, problems):
+    if hint is bool:
+        ok = isinstance(value, bool)
+        expected = "true or false"
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+        expected = "a number"
+    else:
+        ok = isinstance(value, str)
+        expected = "a string"
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None or hi is not None:
+        expected += f" {lo if lo is not None else ''}..{hi if hi is not None else ''}"
+    if "choices" in meta:
+        expected = "one of " + ", ".join(meta["choices"])
+    if "help" in meta:
+        expected += f" ({meta['help']})"
+    if ok and not _in_limits(value, meta):
+        ok = False
+    if not ok:
+        problems.append(f"{path}: expected {expected}, got {_show(value)}")
+        return _INVALID
+    return value
+
+
+def _in_limits(value, meta) -> bool:
+    if meta.get("min") is not None and value < meta["min"]:
+        return False
+    if meta.get("max") is not None and value > meta["max"]:
+        return False
+    if "choices" in meta and value not in meta["choices"]:
+        return False
+    if "pattern" in meta and not meta["pattern"].match(value):
+        return False
+    if "max_len" in meta and len(value) > meta["max_len"]:
+        return False
+    return True
+
+
+def _show(value) -> str:
+    if value is None:
+        return "nothing"
+    return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"

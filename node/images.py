@@ -1,0 +1,273 @@
+"""DICOM dataset -> Mammogram: the only module that reads pixel attributes.
+
+What it does, in the order of ../shared/spec/dicom-outputs.md section 1.4:
+1. decide whether the object is a single-frame mammogram we can analyse (else
+   ``UnusableImageError`` with a reason a person understands);
+2. decode the pixels with the fastest installed decoder for the transfer syntax;
+3. apply the Modality LUT; For Processing LIN data are log-transformed so that attenuation is
+   bright and contrast is on a log-exposure scale like For Presentation data;
+4. invert MONOCHROME1 once, within BitsStored;
+5. mask PixelPaddingValue;
+6. spacing in mm (PixelSpacing, else ImagerPixelSpacing / ERMF, else ImagerPixelSpacing with a
+   warning, else a configured default with a warning), laterality, view, chest-wall side.
+
+``display_pixels`` renders the image as a viewer shows it (first VOI window, polarity) for the
+burned-in overlays.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
+
+from node.config import ImagesConfig
+from node.errors import NotAnalysableError, UnusableImageError
+from node.model import Laterality, Mammogram, Side, SourceRef, View
+
+log = logging.getLogger(__name__)
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
+MULTIFRAME_BREAST = {
+    "1.2.840.10008.5.1.4.1.1.13.1.3": "Breast Tomosynthesis",
+    "1.2.840.10008.5.1.4.1.1.13.1.4": "Breast Projection (For Presentation)",
+    "1.2.840.10008.5.1.4.1.1.13.1.5": "Breast Projection (For Processing)",
+}
+MAMMOGRAPHY_CLASSES = {MG_FOR_PRESENTATION, MG_FOR_PROCESSING}
+GENERAL_XRAY_CLASSES = {DX_FOR_PRESENTATION, DX_FOR_PROCESSING, CR_IMAGE}
+# pyjpegls decodes JPEG-LS about 3.5x faster than pylibjpeg here (issue 3 figures).
+PREFERRED_DECODER = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
+MIN_SIDE_PX = 64
+VIEW_CODES = {
+    "399162004": View.CC,
+    "399368009": View.MLO,
+    "399260004": View.ML,
+    "399352003": View.LM,
+    "399099002": View.XCCL,
+}
+
+
+def source_ref(ds: Dataset) -> SourceRef:
+    """The identity of an instance as outputs reference it."""
+    return SourceRef(
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+    )
+
+
+def check_analysable(ds: Dataset, config: ImagesConfig = ImagesConfig()) -> None:
+    """Raise UnusableImageError unless the header describes an image we can analyse."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in MULTIFRAME_BREAST:
+        raise NotAnalysableError(f"{MULTIFRAME_BREAST[sop_class]} objects are multi-frame; not yet supported")
+    if sop_class in GENERAL_XRAY_CLASSES:
+        if ds.get("Modality") != "MG" and str(ds.get("BodyPartExamined", "")).upper() != "BREAST":
+            raise NotAnalysableError(f"{_class_name(ds)} image that is not of the breast (Modality {ds.get('Modality', 'absent')})")
+    elif sop_class not in MAMMOGRAPHY_CLASSES:
+        raise NotAnalysableError(f"{_class_name(ds)} is not a mammography image")
+    if sop_class in (MG_FOR_PROCESSING, DX_FOR_PROCESSING) and not config.analyse_for_processing:
+        raise NotAnalysableError("For Processing image; configured to analyse For Presentation images only")
+    if str(ds.get("QualityControlImage", "")).upper() == "YES":
+        raise NotAnalysableError("quality-control image, not a patient image")
+    if "PixelData" not in ds:
+        raise UnusableImageError("no pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise NotAnalysableError(f"multi-frame image ({frames} frames); not yet supported")
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnusableImageError(f"not a grayscale image (PhotometricInterpretation {ds.get('PhotometricInterpretation', 'absent')})")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if min(rows, cols) < MIN_SIDE_PX:
+        raise UnusableImageError(f"image of {rows} x {cols} pixels is too small to be a mammogram")
+    if str(ds.get("LossyImageCompression", "00")) == "01" and not config.accept_lossy:
+        raise UnusableImageError("lossy-compressed image; configured to refuse lossy inputs")
+
+
+def to_mammogram(ds: Dataset, config: ImagesConfig = ImagesConfig()) -> Mammogram:
+    """Decode a dataset into a Mammogram, or raise UnusableImageError saying why not."""
+    check_analysable(ds, config)
+    warnings: list[str] = []
+    spacing, spacing_source = pixel_spacing_mm(ds, config, warnings)
+    if max(spacing) > config.max_spacing_mm:
+        raise UnusableImageError(
+            f"pixel spacing {max(spacing):.3g} mm is too coarse for microcalcifications "
+            f"(at most {config.max_spacing_mm} mm)")
+    stored = decode(ds)
+    pixels, valid = _normalise(ds, stored)
+    if str(ds.get("LossyImageCompression", "00")) == "01":
+        warnings.append("lossy-compressed input: faint specks may be lost")
+    return Mammogram(
+        pixels=pixels,
+        spacing_mm=spacing,
+        spacing_source=spacing_source,
+        laterality=laterality(ds),
+        view=view(ds),
+        chest_wall=chest_wall_side(ds, pixels),
+        for_processing=is_for_processing(ds),
+        monochrome1=ds.PhotometricInterpretation == "MONOCHROME1",
+        source=source_ref(ds),
+        valid=valid,
+        warnings=tuple(warnings),
+    )
+
+
+def decode(ds: Dataset) -> np.ndarray:
+    """The stored pixel values (masked to BitsStored), with the fastest decoder available."""
+    plugin = PREFERRED_DECODER.get(_transfer_syntax(ds), "")
+    ds.pixel_array_options(decoding_plugin=plugin)
+    try:
+        arr = ds.pixel_array
+    except Exception as first:  # decoders raise many types; each means "cannot decode"
+        if not plugin:
+            raise UnusableImageError(f"pixel data cannot be decoded ({_ts_name(ds)}): {first}") from first
+        ds.pixel_array_options(decoding_plugin="")
+        try:
+            arr = ds.pixel_array
+        except Exception as exc:
+            raise UnusableImageError(f"pixel data cannot be decoded ({_ts_name(ds)}): {exc}") from exc
+    if arr.shape != (int(ds.Rows), int(ds.Columns)):
+        raise UnusableImageError(f"decoded pixel array has shape {arr.shape}, header says {ds.Rows} x {ds.Columns}")
+    return arr
+
+
+def _normalise(ds: Dataset, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stored values -> float32 bright = dense; and the mask of non-padding pixels."""
+    valid = None
+    if "PixelPaddingValue" in ds:
+        valid = stored != ds.PixelPaddingValue
+        valid = None if valid.all() else valid
+    bits = int(ds.get("BitsStored", 16))
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        stored = (2**bits - 1) - stored.astype(np.int32)
+    values = apply_modality_lut(stored, ds).astype(np.float32, copy=False)
+    if is_for_processing(ds):
+        values = _log_exposure(ds, values)
+    return np.ascontiguousarray(values, dtype=np.float32), valid
+
+
+def _log_exposure(ds: Dataset, values: np.ndarray) -> np.ndarray:
+    """For Processing data on a log-exposure scale, attenuation bright.
+
+    PixelIntensityRelationshipSign +1 means higher values = more X-rays reached the detector,
+    so attenuation is the negated log. The scale (1000 per e-fold) only keeps numbers familiar.
+    """
+    relationship = str(ds.get("PixelIntensityRelationship", "LIN")).upper()
+    sign = int(ds.get("PixelIntensityRelationshipSign", 1) or 1)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        sign = -sign  # already inverted above
+    if relationship == "LIN":
+        values = np.log(np.maximum(values, 1.0)) * 1000.0
+    return -sign * values
+
+
+def pixel_spacing_mm(ds: Dataset, config: ImagesConfig, warnings: list[str]) -> tuple[tuple[float, float], str]:
+    """(row, column) spacing at the breast, and which attribute it came from (spec 1.3.1)."""
+    ps = _pair(ds.get("PixelSpacing"))
+    if ps:
+        return ps, "PixelSpacing"
+    ips = _pair(ds.get("ImagerPixelSpacing"))
+    ermf = ds.get("EstimatedRadiographicMagnificationFactor")
+    if ips and ermf is not None and float(ermf) > 0:
+        return (ips[0] / float(ermf), ips[1] / float(ermf)), "ImagerPixelSpacing / ERMF"
+    if ips:
+        warnings.append("no magnification factor: detector spacing used, sizes about 10 % too large")
+        return ips, "ImagerPixelSpacing"
+    warnings.append(f"no pixel spacing in the header: assumed {config.default_spacing_mm} mm")
+    return (config.default_spacing_mm, config.default_spacing_mm), "default"
+
+
+def _pair(value) -> tuple[float, float] | None:
+    try:
+        row, col = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 else None
+
+
+def laterality(ds: Dataset) -> Laterality | None:
+    value = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper()
+    return {"R": Laterality.RIGHT, "L": Laterality.LEFT, "B": Laterality.BOTH}.get(value)
+
+
+def view(ds: Dataset) -> View:
+    """The view from ViewCodeSequence (trusted first), else ViewPosition."""
+    seq = ds.get("ViewCodeSequence")
+    if seq and str(seq[0].get("CodeValue", "")) in VIEW_CODES:
+        return VIEW_CODES[str(seq[0].CodeValue)]
+    try:
+        return View(str(ds.get("ViewPosition", "")).upper())
+    except ValueError:
+        return View.OTHER
+
+
+def chest_wall_side(ds: Dataset, pixels: np.ndarray) -> Side:
+    """The image column side of the chest wall.
+
+    PatientOrientation's first value is the direction of increasing column: "A" means the
+    nipple is to the right, so the chest wall is left; "P" the reverse. Without it, the side
+    with more tissue along the edge is taken.
+    """
+    orientation = ds.get("PatientOrientation")
+    if orientation and len(orientation) >= 1:
+        first = str(orientation[0]).upper()
+        if first.startswith("A"):
+            return Side.LEFT
+        if first.startswith("P"):
+            return Side.RIGHT
+    left, right = float(pixels[:, :8].mean()), float(pixels[:, -8:].mean())
+    return Side.LEFT if left >= right else Side.RIGHT
+
+
+def is_for_processing(ds: Dataset) -> bool:
+    if str(ds.get("SOPClassUID", "")) in (MG_FOR_PROCESSING, DX_FOR_PROCESSING):
+        return True
+    return str(ds.get("PresentationIntentType", "")).upper() == "FOR PROCESSING"
+
+
+def display_pixels(ds: Dataset, stored: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (rows, cols) as a viewer shows the image: first VOI window, MONOCHROME1 inverted."""
+    stored = decode(ds) if stored is None else stored
+    values = apply_modality_lut(stored, ds)
+    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        values = apply_voi_lut(values, ds, index=0)
+        lo, hi = _voi_output_range(ds)
+    else:
+        lo, hi = (float(v) for v in np.percentile(values[::4, ::4], [0.5, 99.5]))
+    scale = 255.0 / max(hi - lo, 1e-6)
+    scaled = np.clip((np.asarray(values, np.float32) - lo) * scale, 0, 255).astype(np.uint8)
+    return 255 - scaled if ds.PhotometricInterpretation == "MONOCHROME1" else scaled
+
+
+def _voi_output_range(ds: Dataset) -> tuple[float, float]:
+    """The output range of the VOI stage as pydicom applies it (PS3.3 C.11.2.1.2)."""
+    if "VOILUTSequence" in ds:
+        return 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(ds.get("BitsStored", 16))
+    lo, hi = (0, 2**bits - 1) if int(ds.get("PixelRepresentation", 0)) == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    return lo * slope + intercept, hi * slope + intercept
+
+
+def _class_name(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    name = getattr(uid, "name", "") if uid else ""
+    return name or f"SOP class {uid or 'absent'}"
+
+
+def _transfer_syntax(ds: Dataset):
+    meta = getattr(ds, "file_meta", None)
+    return meta.get("TransferSyntaxUID") if meta is not None else None
+
+
+def _ts_name(ds: Dataset) -> str:
+    ts = _transfer_syntax(ds)
+    return getattr(ts, "name", str(ts)) if ts else "unknown transfer syntax"

@@ -1,0 +1,110 @@
+"""One study's journey: images -> detection -> reporting. Used by ``analyze`` and by the node.
+
+``analyse_study`` takes the decoded-on-demand datasets of one study and returns the findings and
+the output datasets (CAD SR, overlay SCs, GSPS) it made. It reads and writes no files; callers
+decide where the datasets come from and go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Sequence
+
+from pydicom.dataset import Dataset
+
+from node import __version__
+from node.config import Config
+from node.detection.detector import detect
+from node.errors import NotAnalysableError, UnusableImageError
+from node.images import display_pixels, source_ref, to_mammogram
+from node.model import Equipment, ImageFailure, ImageFindings, StudyFindings
+from node.reporting.gsps import build_gsps
+from node.reporting.overlay import build_overlay_sc
+from node.reporting.sr import build_cad_sr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An object of the study that was not attempted, and why (not a mammogram, QC image...)."""
+
+    sop_instance_uid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    findings: StudyFindings
+    outputs: tuple[tuple[str, Dataset], ...]
+    skipped: tuple[Skipped, ...]
+
+
+def equipment(config: Config) -> Equipment:
+    """How the node names itself; the parameter digest makes UIDs change with the settings."""
+    params = asdict(config.detection)
+    digest = hashlib.sha256(repr(sorted(params.items())).encode()).hexdigest()[:16]
+    rep = config.reporting
+    return Equipment(
+        manufacturer=rep.manufacturer,
+        model_name=rep.model_name,
+        software_version=__version__,
+        device_serial_number=rep.device_serial_number,
+        institution_name=rep.institution_name,
+        uid_root=rep.uid_root,
+        algorithm_parameters=(
+            f"operating_point={config.detection.operating_point}",
+            f"report_certainty={config.detection.report_certainty}",
+            f"parameters_sha256={digest}",
+        ),
+    )
+
+
+def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime) -> StudyResult:
+    """Analyse every image of one study and build the outputs the config asks for."""
+    if not datasets:
+        raise ValueError("a study needs at least one dataset")
+    study_uid = str(datasets[0].get("StudyInstanceUID", ""))
+    analysed, failures, skipped, attempted = [], [], [], []
+    for ds in datasets:
+        uid = str(ds.get("SOPInstanceUID", ""))
+        try:
+            start = time.perf_counter()
+            mammogram = to_mammogram(ds, config.images)
+            clusters = detect(mammogram.pixels, mammogram.spacing_mm, config.detection, mammogram.valid)
+            seconds = time.perf_counter() - start
+            analysed.append(ImageFindings(mammogram.source, clusters, seconds, mammogram.laterality, mammogram.view))
+            attempted.append(ds)
+            for warning in mammogram.warnings:
+                log.warning("study %s image %s: %s", study_uid, uid, warning)
+        except NotAnalysableError as exc:
+            skipped.append(Skipped(uid, str(exc)))
+        except UnusableImageError as exc:
+            failures.append(ImageFailure(source_ref(ds), str(exc)))
+            attempted.append(ds)
+            log.warning("study %s image %s failed: %s", study_uid, uid, exc)
+    findings = StudyFindings(study_uid, tuple(analysed), tuple(failures))
+    outputs = _outputs(attempted, findings, config, now) if attempted else ()
+    return StudyResult(findings, outputs, tuple(skipped))
+
+
+def _outputs(attempted: list[Dataset], findings: StudyFindings, config: Config, now: datetime):
+    kit = equipment(config)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in attempted}
+    outputs: list[tuple[str, Dataset]] = []
+    if "sr" in config.outputs:
+        outputs.append(("sr", build_cad_sr(by_uid, findings, kit, now)))
+    marked = [f for f in findings.images if f.clusters]
+    if "sc" in config.outputs:
+        for number, image in enumerate(marked, start=1):
+            source = by_uid[image.source.sop_instance_uid]
+            sc = build_overlay_sc(source, display_pixels(source), image, kit, now, instance_number=number)
+            outputs.append(("sc", sc))
+    if "gsps" in config.outputs and marked:
+        sources = [by_uid[f.source.sop_instance_uid] for f in marked]
+        outputs.extend(("gsps", pr) for pr in build_gsps(sources, marked, kit, now))
+    return tuple(outputs)
