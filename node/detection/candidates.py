@@ -36,7 +36,10 @@ class Objects:
     ``row``, ``col``: centre in full-resolution pixels; ``diameter_mm``: equivalent-area
     diameter; ``length_mm``: major-axis length; ``peak_cnr``: highest contrast-to-noise;
     ``depth_mm``: distance under the skin line; ``near_large``: within ``LARGE_GUARD_MM`` of a
-    bright object too large to be a speck (fragments of macrocalcifications, rims, vessels).
+    bright object too large to be a speck (fragments of macrocalcifications, rims, vessels);
+    ``surround``: how much brighter the centre is than the bright side of a ring around it,
+    relative to its contrast over the ring's median (about 1 for an isolated speck, 0 or less
+    on the edge of a larger bright region, where one side of the ring is as bright).
     """
 
     row: np.ndarray
@@ -46,6 +49,7 @@ class Objects:
     peak_cnr: np.ndarray
     depth_mm: np.ndarray
     near_large: np.ndarray
+    surround: np.ndarray
 
     def __len__(self) -> int:
         return int(self.row.size)
@@ -110,6 +114,7 @@ def _noise_map(background: np.ndarray, response: np.ndarray, inside: np.ndarray)
 
 
 def find_objects(
+    pixels: np.ndarray,
     cnr: np.ndarray,
     offset: tuple[int, int],
     spacing_mm: tuple[float, float],
@@ -155,7 +160,42 @@ def find_objects(
         peak_cnr=peak[keep].astype(np.float64),
         depth_mm=breast.depth_at(rows, cols).astype(np.float64),
         near_large=guard[_cell(rows, breast), _cell(cols, breast, axis=1)],
+        surround=surround_score(pixels, rows, cols, 2.0 * np.sqrt(area[keep] / np.pi), grow, offset),
     )
+
+
+def surround_score(pixels: np.ndarray, rows, cols, diameter_px, specks: np.ndarray, offset) -> np.ndarray:
+    """(centre - 80th percentile of a ring) / (centre - ring median), per object.
+
+    The ring lies 0.5 diameter + 3 px from the centre, 3 px wide, 16 directions: outside the
+    speck, inside its neighbourhood. Ring pixels on other specks (``specks``, the hysteresis
+    mask at ``offset``) are left out, so a speck inside a tight cluster is not penalised for
+    its neighbours. Edges of larger bright structures (parenchyma, vessels) have a bright side
+    that is no speck, and score low.
+    """
+    if len(rows) == 0:
+        return np.zeros(0)
+    angles = np.linspace(0.0, 2.0 * np.pi, 16, endpoint=False)
+    radii = (np.asarray(diameter_px) / 2.0 + 3.0)[:, None, None] + np.arange(3.0)[None, None, :]
+    ring_r = np.rint(rows[:, None, None] + radii * np.sin(angles)[None, :, None]).astype(int)
+    ring_c = np.rint(cols[:, None, None] + radii * np.cos(angles)[None, :, None]).astype(int)
+    ring_r = np.clip(ring_r, 0, pixels.shape[0] - 1)
+    ring_c = np.clip(ring_c, 0, pixels.shape[1] - 1)
+    ring = pixels[ring_r, ring_c].astype(np.float64).reshape(len(rows), -1)
+    on_speck = specks[np.clip(ring_r - offset[0], 0, specks.shape[0] - 1),
+                      np.clip(ring_c - offset[1], 0, specks.shape[1] - 1)].reshape(len(rows), -1)
+    ring[on_speck] = np.nan
+    r0, c0 = np.rint(rows).astype(int), np.rint(cols).astype(int)
+    centre = np.zeros(len(rows))
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            centre += pixels[np.clip(r0 + dr, 0, pixels.shape[0] - 1), np.clip(c0 + dc, 0, pixels.shape[1] - 1)]
+    centre /= 9.0
+    usable = (~on_speck).sum(axis=1) >= 8
+    ring[~usable] = 0.0  # crowded by specks on every side: judged by the specks, not the ring
+    high, median = np.nanpercentile(ring, 80, axis=1), np.nanmedian(ring, axis=1)
+    score = (centre - high) / np.maximum(centre - median, 1e-6)
+    return np.where(usable, score, 1.0)
 
 
 def _cell(coords: np.ndarray, breast: BreastMap, axis: int = 0) -> np.ndarray:
@@ -188,4 +228,4 @@ def _major_axis_px(rr: np.ndarray, cc: np.ndarray, lab: np.ndarray, n: int) -> n
 
 def _empty() -> Objects:
     z = np.zeros(0)
-    return Objects(z, z, z, z, z, z, np.zeros(0, bool))
+    return Objects(z, z, z, z, z, z, np.zeros(0, bool), z)

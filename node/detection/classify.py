@@ -24,9 +24,12 @@ from node.detection.clusters import extent_mm, linearity
 from node.detection.params import DetectionParams
 from node.model import Distribution, Morphology
 
-VASCULAR_MIN_EXTENT_MM = 10.0
+VASCULAR_MIN_EXTENT_MM = 12.0
 VASCULAR_MIN_LINEARITY = 0.85
 LINEAR_DISTRIBUTION = 0.75
+# A speck must stand out of its ring of neighbours on every side, not only over the mean:
+# this is what separates specks from the edges of parenchymal structures.
+MIN_SURROUND = 0.35
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ def is_speck(objects: Objects, params: DetectionParams) -> np.ndarray:
         & (objects.length_mm <= params.max_speck_length_mm)
         & (objects.depth_mm >= params.skin_margin_mm)
         & ~objects.near_large
+        & (objects.surround >= MIN_SURROUND)
     )
 
 
@@ -85,14 +89,16 @@ def benign_reason(f: ClusterFeatures, params: DetectionParams) -> str | None:
 
 
 def certainty(f: ClusterFeatures) -> float:
-    """Certainty 0-100 that the group is a suspicious calcification cluster."""
+    """Certainty 0-100 that the group is a suspicious calcification cluster.
+
+    Chance groups of noise specks sit just above the detection threshold; real calcifications
+    stand well out of the noise, so contrast-to-noise carries most of the evidence, then the
+    number of members.
+    """
     z = (
-        -4.0
-        + 1.6 * math.log(f.count)
-        + 0.25 * min(f.top_cnr, 20.0)
-        + 0.08 * min(f.median_cnr, 15.0)
-        + 1.0 * min(f.size_cv, 1.0)
-        + 0.15 * min(f.density_per_cm2, 20.0)
+        0.8 * (min(f.top_cnr, 15.0) - 5.0)
+        + 0.5 * min(f.median_cnr - 4.5, 4.0)
+        + 1.0 * math.log(f.count / 3.0)
     )
     return 100.0 / (1.0 + math.exp(-z))
 

@@ -57,7 +57,7 @@ def detect(
     if not breast.mask.any():
         return ()
     cnr, offset = contrast_to_noise(pixels, spacing_mm, breast, params)
-    objects = find_objects(cnr, offset, spacing_mm, breast, params)
+    objects = find_objects(pixels, cnr, offset, spacing_mm, breast, params)
     specks = objects.take(classify.is_speck(objects, params))
     scale = np.asarray(spacing_mm, dtype=np.float64)
     points_mm = np.column_stack([specks.row * scale[0], specks.col * scale[1]])

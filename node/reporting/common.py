@@ -9,7 +9,9 @@ from datetime import datetime
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 
+from node.config import ImagesConfig
 from node.errors import ReportError
+from node.images import pixel_spacing_mm
 from node.model import Cluster, Equipment
 
 # Spec 3.2: copied byte-for-byte from the source; Type 2 ones become empty when absent.
@@ -83,14 +85,8 @@ def set_creation_time(target: Dataset, now: datetime) -> None:
 
 def spacing_mm(source: Dataset) -> tuple[float, float] | None:
     """(row, column) spacing at the breast per spec 1.3.1, or None when the header has none."""
-    if "PixelSpacing" in source:
-        values = source.PixelSpacing
-        return float(values[0]), float(values[1])
-    if "ImagerPixelSpacing" in source:
-        values = source.ImagerPixelSpacing
-        ermf = float(source.get("EstimatedRadiographicMagnificationFactor") or 1.0)
-        return float(values[0]) / ermf, float(values[1]) / ermf
-    return None
+    spacing, used = pixel_spacing_mm(source, ImagesConfig(), [])
+    return None if used == "default" else spacing
 
 
 def mark_radius_px(cluster: Cluster, source: Dataset) -> float:
