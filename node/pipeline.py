@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from node import __version__
 from node.config import Config
 from node.detection.detector import detect
-from node.errors import NotAnalysableError, UnusableImageError
+from node.errors import NotAnalysableError, ReportError, UnusableImageError
 from node.images import display_pixels, source_ref, to_mammogram
 from node.model import Equipment, ImageFailure, ImageFindings, StudyFindings
 from node.reporting.gsps import build_gsps
@@ -93,18 +93,26 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime) ->
 
 
 def _outputs(attempted: list[Dataset], findings: StudyFindings, config: Config, now: datetime):
+    """Build each requested output; one that cannot be built is logged and the others still made."""
     kit = equipment(config)
     by_uid = {str(ds.SOPInstanceUID): ds for ds in attempted}
-    outputs: list[tuple[str, Dataset]] = []
-    if "sr" in config.outputs:
-        outputs.append(("sr", build_cad_sr(by_uid, findings, kit, now)))
     marked = [f for f in findings.images if f.clusters]
+    builders = []
+    if "sr" in config.outputs:
+        builders.append(("sr", lambda: [build_cad_sr(by_uid, findings, kit, now)]))
     if "sc" in config.outputs:
         for number, image in enumerate(marked, start=1):
             source = by_uid[image.source.sop_instance_uid]
-            sc = build_overlay_sc(source, display_pixels(source), image, kit, now, instance_number=number)
-            outputs.append(("sc", sc))
+            builders.append(("sc", lambda s=source, i=image, n=number: [
+                build_overlay_sc(s, display_pixels(s), i, kit, now, instance_number=n)]))
     if "gsps" in config.outputs and marked:
         sources = [by_uid[f.source.sop_instance_uid] for f in marked]
-        outputs.extend(("gsps", pr) for pr in build_gsps(sources, marked, kit, now))
+        builders.append(("gsps", lambda: build_gsps(sources, marked, kit, now)))
+    outputs: list[tuple[str, Dataset]] = []
+    for kind, build in builders:
+        try:
+            outputs.extend((kind, ds) for ds in build())
+        except (ReportError, UnusableImageError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            # a header the builder cannot use must not cost the study its other outputs
+            log.error("study %s: could not build %s: %s", findings.study_instance_uid, kind, exc)
     return tuple(outputs)

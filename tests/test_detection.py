@@ -67,7 +67,7 @@ def test_a_single_speck_is_found_and_sized(diameter_px):
     add_speck(img, 300.0, 350.0, diameter_px, amplitude=150.0)
     breast = segment_breast(img, SPACING, PARAMS)
     cnr, offset = contrast_to_noise(img, SPACING, breast, PARAMS)
-    objects = find_objects(cnr, offset, SPACING, breast, PARAMS)
+    objects = find_objects(img, cnr, offset, SPACING, breast, PARAMS)
     near = np.hypot(objects.row - 300, objects.col - 350) < 3
     assert near.sum() == 1
     assert objects.diameter_mm[near][0] == pytest.approx(diameter_px * 0.1, abs=0.15)

@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.errors import ReportError
 from node.model import Equipment, ImageFindings
 from node.reporting.common import (
+    PATIENT_STUDY_TYPE2,
     common_source, copy_identity, dicom_date, dicom_time, mark_radius_px, set_equipment,
     to_dicom_xy,
 )
@@ -127,7 +128,24 @@ def _groups(sources, findings) -> list[tuple[list[Dataset], list[ImageFindings]]
     return list(groups.values())
 
 
+def _header(src: Dataset) -> Dataset:
+    """The source without its pixels, with absent Type 2 identity attributes present and empty.
+
+    highdicom reads StudyID, ReferringPhysicianName ... from the referenced images and fails when
+    a real-world header lacks them; the identity is copied from the source afterwards anyway.
+    """
+    header = Dataset()
+    for element in src:
+        if element.keyword != "PixelData":
+            header.add(element)
+    for keyword in PATIENT_STUDY_TYPE2:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header
+
+
 def _presentation_state(images, image_findings, equipment, now, number, series_uid):
+    images = [_header(src) for src in images]
     layer = hd.pr.GraphicLayer(layer_name=LAYER, order=1, description="CAD marks")
     inverse = images[0].PhotometricInterpretation == "MONOCHROME1"
     uids = [str(src.SOPInstanceUID) for src in images] + [str(images[0].StudyInstanceUID)]

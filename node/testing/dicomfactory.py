@@ -241,7 +241,8 @@ def _encode(ds: Dataset, transfer_syntax: str) -> Dataset:
         if uid not in ENCODERS:
             raise ValueError(f"no encoder for transfer syntax {uid}")
         plugin = ENCODERS[uid]
-        ds.compress(uid, encoding_plugin=plugin) if plugin else ds.compress(uid)
+        # keep the SOP Instance UID: lossless re-encoding is the same instance
+        ds.compress(uid, encoding_plugin=plugin or "", generate_instance_uid=False)
     else:
         ds.file_meta.TransferSyntaxUID = uid
     return ds

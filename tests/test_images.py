@@ -1,0 +1,131 @@
+"""images.py: which objects are analysed, pixel normalisation, spacing, orientation."""
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from node.config import ImagesConfig
+from node.errors import NotAnalysableError, UnusableImageError
+from node.images import display_pixels, pixel_spacing_mm, to_mammogram
+from node.model import Laterality, Side, View
+from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+IDENTITY = StudyIdentity(seed=11)
+
+
+def ramp(rows=128, cols=96):
+    return (np.arange(rows * cols).reshape(rows, cols) % 4000 + 50).astype(np.uint16)
+
+
+def test_monochrome1_is_inverted_once_within_bits_stored():
+    stored = ramp()
+    m2 = to_mammogram(make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC"))
+    m1 = to_mammogram(make_mammo_dataset(4095 - stored, identity=IDENTITY, laterality="R", view="CC", monochrome1=True))
+    assert m1.monochrome1 and not m2.monochrome1
+    np.testing.assert_array_equal(m1.pixels, m2.pixels)
+
+
+@pytest.mark.parametrize("ts", [JPEG2000Lossless, JPEGLSLossless, RLELossless])
+def test_compressed_inputs_decode_to_the_same_pixels(ts):
+    stored = ramp()
+    plain = to_mammogram(make_mammo_dataset(stored, identity=IDENTITY, laterality="L", view="MLO"))
+    packed = to_mammogram(make_mammo_dataset(stored, identity=IDENTITY, laterality="L", view="MLO", transfer_syntax=ts))
+    np.testing.assert_array_equal(plain.pixels, packed.pixels)
+
+
+def test_for_processing_is_log_transformed_with_attenuation_bright():
+    exposure = np.full((128, 96), 8000, np.uint16)
+    exposure[40:60, 30:50] = 2000  # less X-ray through a denser region
+    m = to_mammogram(make_mammo_dataset(exposure, identity=IDENTITY, laterality="L", view="CC",
+                                        for_processing=True, bits_stored=14))
+    assert m.for_processing
+    dense, background = float(m.pixels[50, 40]), float(m.pixels[10, 10])
+    assert dense > background
+    assert dense - background == pytest.approx(1000 * np.log(4.0), rel=1e-3)
+
+
+@pytest.mark.parametrize("attrs, expected, source", [
+    ("both", 0.07, "PixelSpacing"),
+    ("ihe", 0.07, "ImagerPixelSpacing / ERMF"),
+    ("imager", 0.0756, "ImagerPixelSpacing"),
+    ("none", 0.1, "default"),
+])
+def test_spacing_follows_the_spec_rule(attrs, expected, source):
+    ds = make_mammo_dataset(ramp(), identity=IDENTITY, laterality="R", view="CC", spacing_mm=0.07,
+                            magnification=1.08, spacing_attrs=attrs)
+    warnings = []
+    spacing, used = pixel_spacing_mm(ds, ImagesConfig(), warnings)
+    assert used == source
+    assert spacing[0] == pytest.approx(expected, rel=2e-3)
+    assert bool(warnings) == (source in ("ImagerPixelSpacing", "default"))
+
+
+def test_laterality_view_and_chest_wall_come_from_the_header():
+    for lat, view, chest in (("R", "CC", Side.RIGHT), ("L", "MLO", Side.LEFT), ("R", "XCCL", Side.RIGHT)):
+        m = to_mammogram(make_mammo_dataset(ramp(), identity=IDENTITY, laterality=lat, view=view))
+        assert m.laterality == Laterality(lat)
+        assert m.view == View(view)
+        assert m.chest_wall == chest
+
+
+def test_padding_is_masked():
+    stored = ramp()
+    stored[:, :20] = 0
+    ds = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC")
+    ds.PixelPaddingValue = 0
+    m = to_mammogram(ds)
+    assert m.valid is not None and not m.valid[:, :20].any() and m.valid[:, 20:].all()
+
+
+def test_unusable_objects_say_why():
+    ds = make_mammo_dataset(ramp(), identity=IDENTITY, laterality="R", view="CC")
+    ct = pydicom.Dataset()
+    ct.update(ds)
+    ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    with pytest.raises(NotAnalysableError, match="CT Image Storage is not a mammography image"):
+        to_mammogram(ct)
+    no_pixels = make_mammo_dataset(ramp(), identity=IDENTITY, laterality="R", view="CC")
+    del no_pixels.PixelData
+    with pytest.raises(UnusableImageError, match="no pixel data"):
+        to_mammogram(no_pixels)
+    tiny = make_mammo_dataset(np.zeros((2, 1), np.uint16), identity=IDENTITY, laterality="R", view="CC")
+    with pytest.raises(UnusableImageError, match="2 x 1 pixels is too small"):
+        to_mammogram(tiny)
+    short = make_mammo_dataset(ramp(), identity=IDENTITY, laterality="R", view="CC")
+    short.PixelData = short.PixelData[:1000]
+    with pytest.raises(UnusableImageError, match="cannot be decoded"):
+        to_mammogram(short)
+
+
+def test_display_pixels_use_the_window_and_polarity():
+    stored = ramp()
+    ds2 = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC", window=(2000, 4000))
+    ds1 = make_mammo_dataset(4095 - stored, identity=IDENTITY, laterality="R", view="CC", monochrome1=True,
+                             window=(2095, 4000))
+    d2, d1 = display_pixels(ds2), display_pixels(ds1)
+    assert d2.dtype == np.uint8
+    assert np.abs(d2.astype(int) - d1.astype(int)).max() <= 1
+    assert d2[0, 0] < 20 and d2.max() > 240
+
+
+REAL_FILES = sorted(REAL.glob("*/*.dcm")) if REAL.is_dir() else []
+
+
+@pytest.mark.skipif(not REAL_FILES, reason=f"real mammography files not present at {REAL}")
+@pytest.mark.parametrize("path", REAL_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_real_file_is_analysed_or_refused_with_a_reason(path):
+    ds = pydicom.dcmread(path)
+    try:
+        m = to_mammogram(ds)
+    except UnusableImageError as exc:
+        assert len(str(exc)) > 10
+        assert path.parent.name != "mg" or "rsna" not in path.name and "senoess" not in path.name
+        return
+    assert path.parent.name == "mg"
+    assert m.pixels.dtype == np.float32 and m.pixels.shape == (ds.Rows, ds.Columns)
+    assert m.laterality is not None
+    assert 0.05 <= m.spacing_mm[0] <= 0.2
