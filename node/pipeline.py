@@ -69,7 +69,7 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime) ->
     if not datasets:
         raise ValueError("a study needs at least one dataset")
     study_uid = str(datasets[0].get("StudyInstanceUID", ""))
-    analysed, failures, skipped, attempted = [], [], [], []
+    analysed, failures, skipped, attempted, displays = [], [], [], [], {}
     for ds in datasets:
         uid = str(ds.get("SOPInstanceUID", ""))
         try:
@@ -78,6 +78,9 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime) ->
             clusters = detect(mammogram.pixels, mammogram.spacing_mm, config.detection, mammogram.valid)
             seconds = time.perf_counter() - start
             analysed.append(ImageFindings(mammogram.source, clusters, seconds, mammogram.laterality, mammogram.view))
+            if clusters and "sc" in config.outputs:
+                # from the array decoded above: pydicom keeps it until decoding options change
+                displays[uid] = display_pixels(ds, ds.pixel_array)
             attempted.append(ds)
             for warning in mammogram.warnings:
                 log.warning("study %s image %s: %s", study_uid, uid, warning)
@@ -88,11 +91,11 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime) ->
             attempted.append(ds)
             log.warning("study %s image %s failed: %s", study_uid, uid, exc)
     findings = StudyFindings(study_uid, tuple(analysed), tuple(failures))
-    outputs = _outputs(attempted, findings, config, now) if attempted else ()
+    outputs = _outputs(attempted, displays, findings, config, now) if attempted else ()
     return StudyResult(findings, outputs, tuple(skipped))
 
 
-def _outputs(attempted: list[Dataset], findings: StudyFindings, config: Config, now: datetime):
+def _outputs(attempted: list[Dataset], displays: dict, findings: StudyFindings, config: Config, now: datetime):
     """Build each requested output; one that cannot be built is logged and the others still made."""
     kit = equipment(config)
     by_uid = {str(ds.SOPInstanceUID): ds for ds in attempted}
@@ -102,9 +105,9 @@ def _outputs(attempted: list[Dataset], findings: StudyFindings, config: Config, 
         builders.append(("sr", lambda: [build_cad_sr(by_uid, findings, kit, now)]))
     if "sc" in config.outputs:
         for number, image in enumerate(marked, start=1):
-            source = by_uid[image.source.sop_instance_uid]
-            builders.append(("sc", lambda s=source, i=image, n=number: [
-                build_overlay_sc(s, display_pixels(s), i, kit, now, instance_number=n)]))
+            uid = image.source.sop_instance_uid
+            builders.append(("sc", lambda s=by_uid[uid], d=displays[uid], i=image, n=number: [
+                build_overlay_sc(s, d, i, kit, now, instance_number=n)]))
     if "gsps" in config.outputs and marked:
         sources = [by_uid[f.source.sop_instance_uid] for f in marked]
         builders.append(("gsps", lambda: build_gsps(sources, marked, kit, now)))

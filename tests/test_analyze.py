@@ -175,7 +175,12 @@ def test_unusable_inputs_are_listed_and_the_rest_analysed(tmp_path, capsys):
     assert "1 study analysed" in captured.out
     sr = [p for p in (tmp_path / "out").rglob("sr_*.dcm")]
     assert len(sr) == 1
-    assert check_cad_sr(pydicom.dcmread(sr[0]), {}) is not None
+    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in src.glob("*.dcm"))}
+    report = pydicom.dcmread(sr[0])
+    assert check_cad_sr(report, sources) == []
+    summary = [item for item in report.ContentSequence
+               if item.ConceptNameCodeSequence[0].CodeValue == "111064"][0]  # Summary of Detections
+    assert summary.ConceptCodeSequence[0].CodeValue == "111223"  # Partially Succeeded
 
 
 def test_usage_and_config_errors_exit_2(tmp_path, capsys):
