@@ -91,11 +91,10 @@ def patient_orientation(laterality: str, view: str, chest_wall: str) -> list[str
     direction is down the image: feet for MLO, lateral/medial for CC.
     """
     row = "A" if chest_wall == "left" else "P"
-    if view == "CC" or view == "XCCL":
-        # Looking at the CC image, the lateral side of a right breast is at the top when the
-        # chest wall is on the right, as modalities conventionally display it.
-        col = {("R", "right"): "L", ("L", "left"): "R", ("R", "left"): "R", ("L", "right"): "L"}
-        return [row, col[(laterality, chest_wall)]]
+    if view in ("CC", "XCCL"):
+        # Modalities conventionally show CC images with the lateral side at the top, so the
+        # column direction points to the patient's left when the chest wall is on the right.
+        return [row, "L" if chest_wall == "right" else "R"]
     side = "L" if laterality == "R" else "R"
     return [row, "F" + side]
 
