@@ -1,15 +1,17 @@
-# calcnode: `make test` sets everything up on a fresh Debian machine with Python 3.11 and runs
-# the whole suite; `make bench` runs the benchmarks.
+# calcnode: `make run` starts the node; `make test` sets everything up on a fresh Debian machine
+# with Python 3.11 and runs the whole suite; `make bench` runs the benchmarks.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests talk to: DCMTK (dsrdump, dcmp2pgm, storescu ...) and dicom3tools
-# (dciodvfy). Each entry is "package:binary that proves it is installed".
-DEBS   := dcmtk:/usr/bin/dsrdump dicom3tools:/usr/bin/dciodvfy
+# Debian packages the tests talk to: DCMTK (dsrdump, dcmp2pgm, storescu ...), dicom3tools
+# (dciodvfy) and Orthanc (a PACS peer; the tests start their own instances on free loopback
+# ports and never use the service the package may start). Each entry is "package:binary that
+# proves it is installed".
+DEBS   := dcmtk:/usr/bin/dsrdump dicom3tools:/usr/bin/dciodvfy orthanc:/usr/sbin/Orthanc
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test venv tools bench clean
+.PHONY: test run venv tools bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,10 @@ tools:
 
 test: venv tools
 	$(BIN)/python -m pytest
+
+# The node on its embedded defaults: DICOM on 127.0.0.1:11112 as CALCNODE, spool under var/.
+run: venv
+	$(BIN)/calcnode serve --config config/calcnode.yaml
 
 bench: venv
 	$(BIN)/python benchmarks/detect.py

@@ -8,7 +8,6 @@ values.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from pydicom.errors import InvalidDicomError
 from node.config import Config
 from node.pipeline import StudyResult, analyse_study
 from node.reporting.uids import is_valid_uid
+from node.spool import place_file
 
 
 @dataclass(frozen=True)
@@ -95,15 +95,16 @@ def analyse_files(
     return StudyRun(study_uid, tuple(files), result, written), unused
 
 
-def write_outputs(result: StudyResult, folder: Path) -> tuple[Path, ...]:
-    """Write each output as ``<kind>_<SOPInstanceUID>.dcm``, atomically (tmp file, rename)."""
+def write_outputs(result: StudyResult, folder: Path, fsync: bool = False) -> tuple[Path, ...]:
+    """Write each output as ``<kind>_<SOPInstanceUID>.dcm``, atomically (tmp file, rename);
+    with ``fsync`` each file and the folder are flushed to disk before this returns."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for kind, ds in result.outputs:
         path = folder / f"{kind}_{ds.SOPInstanceUID}.dcm"
         tmp = path.with_suffix(".tmp")
         ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
+        place_file(tmp, path, fsync)
         written.append(path)
     return tuple(written)
 

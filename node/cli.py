@@ -1,7 +1,8 @@
-"""The command line: ``calcnode analyze``, ``calcnode check-config``.
+"""The command line: ``serve``, ``status``, ``retry``, ``echo``, ``demo``, ``analyze``,
+``check-config``.
 
-The only module that prints or exits. Exit codes: 0 success; 1 some inputs could not be used
-(the rest were still processed); 2 usage or configuration errors.
+The only module that prints or exits. Exit codes: 0 success; 1 some inputs could not be used or
+the peer did not answer Success (the rest was still processed); 2 usage or configuration errors.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -24,11 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    quiet = logging.INFO if getattr(args, "log_info", False) else logging.WARNING
+    logging.basicConfig(level=logging.DEBUG if args.verbose else quiet,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # pynetdicom logs every PDU at INFO and dumps datasets (patient names) at DEBUG
+    # and logs a refused connection as an ERROR that our own message already explains
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if quiet == logging.INFO else logging.CRITICAL)
     try:
         return args.run(args)
     except ConfigError as exc:
@@ -52,6 +55,34 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a YAML config file")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(run=_check_config)
+
+    serve = sub.add_parser("serve", help="run the DICOM node in the foreground until SIGTERM / SIGINT")
+    serve.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
+    serve.set_defaults(run=_serve, log_info=True)
+
+    status = sub.add_parser("status", help="studies and deliveries, from the node's state database")
+    status.add_argument("--config", metavar="FILE", help="YAML config naming the spool")
+    status.add_argument("--studies", type=int, default=10, metavar="N", help="recent studies to list")
+    status.set_defaults(run=_status)
+
+    retry = sub.add_parser("retry", help="queue failed deliveries again")
+    retry.add_argument("--config", metavar="FILE", help="YAML config naming the spool")
+    retry.add_argument("--destination", metavar="NAME", help="only this destination")
+    retry.set_defaults(run=_retry)
+
+    echo = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    echo.add_argument("peer", metavar="AE@HOST:PORT")
+    echo.add_argument("--calling-ae", default="CALCNODE", metavar="AE")
+    echo.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    echo.set_defaults(run=_echo)
+
+    demo = sub.add_parser("demo", help="send a synthetic four-view study to the running node and "
+                          "print what it made of it")
+    demo.add_argument("--config", metavar="FILE", help="the YAML config the node runs with")
+    demo.add_argument("--seed", type=int, default=7, help="which synthetic study")
+    demo.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                      help="how long to wait for the results beyond study.complete_after_s")
+    demo.set_defaults(run=_demo)
     return parser
 
 
@@ -110,3 +141,83 @@ def _print_summary(runs) -> None:
 
 def _short(uid: str) -> str:
     return uid if len(uid) <= 24 else "…" + uid[-23:]
+
+
+def _serve(args) -> int:
+    import signal
+    import threading
+
+    from node.config import load_config
+    from node.service import Service
+
+    config = load_config(args.config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())  # only sets the event; the service winds down
+    Service(config).run(stop)
+    return EXIT_OK
+
+
+def _open_spool(config_path):
+    from node.config import load_config
+    from node.spool import Spool
+
+    config = load_config(config_path)
+    return config, Spool(config.storage.path, config.storage.fsync).open()
+
+
+def _status(args) -> int:
+    from node import status
+
+    config, spool = _open_spool(args.config)
+    try:
+        for line in status.report(spool, config, time.time(), args.studies):
+            print(line)
+    finally:
+        spool.close()
+    return EXIT_OK
+
+
+def _retry(args) -> int:
+    from node.outbox import Outbox
+
+    config, spool = _open_spool(args.config)
+    if args.destination and args.destination not in config.destinations:
+        print(f"no destination {args.destination!r} in the config", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        count = Outbox(spool).requeue_failed(time.time(), args.destination)
+    finally:
+        spool.close()
+    print(f"{count} failed deliver{'y' if count == 1 else 'ies'} queued again")
+    return EXIT_OK
+
+
+def _echo(args) -> int:
+    from node.sender import echo
+
+    ae, host, port = _peer(args.peer)
+    status, description = echo(ae, host, port, args.calling_ae, args.timeout)
+    print(f"{args.peer}: {description}" + ("" if status is None else f" (0x{status:04X})"))
+    return EXIT_OK if status == 0 else EXIT_PARTIAL
+
+
+def _peer(text: str) -> tuple[str, str, int]:
+    ae, _, address = text.partition("@")
+    host, _, port = address.rpartition(":")
+    if not ae or not host or not port.isdigit():
+        raise SystemExit(f"calcnode: expected AE@HOST:PORT, got {text!r}")
+    return ae, host, int(port)
+
+
+def _demo(args) -> int:
+    from node import demo
+
+    config, spool = _open_spool(args.config)
+    try:
+        lines, ok = demo.run(config, spool, args.seed, args.timeout, print)
+    finally:
+        spool.close()
+    for line in lines:
+        print(line)
+    return EXIT_OK if ok else EXIT_PARTIAL

@@ -37,19 +37,46 @@ def _range(lo=None, hi=None, **extra):
 
 @dataclass(frozen=True)
 class ListenConfig:
+    """The C-STORE / C-ECHO SCP (receiver.py)."""
+
     ae_title: str = field(default="CALCNODE", metadata=AE_META)
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = field(default=11112, metadata=_range(1, 65535))
+    allowed_calling_ae_titles: tuple[str, ...] = field(default=(), metadata=AE_META)
+    max_associations: int = field(default=16, metadata=_range(1, 1000))
+    max_pdu_bytes: int = field(default=131072, metadata=_range(4096, 16777216))
+    acse_timeout_s: float = field(default=30.0, metadata=_range(1, 3600))
+    dimse_timeout_s: float = field(default=60.0, metadata=_range(1, 3600))
+    network_timeout_s: float = field(default=60.0, metadata=_range(1, 3600))
+    shutdown_grace_s: float = field(default=10.0, metadata=_range(0, 600))
 
 
 @dataclass(frozen=True)
 class StorageConfig:
+    """The spool: received files, outputs and the state database (spool.py)."""
+
     path: str = "var/calcnode"
+    min_free_mb: int = field(default=500, metadata=_range(0))
+    fsync: bool = True
 
 
 @dataclass(frozen=True)
 class StudyConfig:
+    """When a study counts as complete (assembly.py)."""
+
     complete_after_s: float = field(default=10.0, metadata=_range(0, 86400))
+    max_wait_s: float = field(default=600.0, metadata=_range(0, 7 * 86400))
+    analyse_when_four_views: bool = True
+    max_attempts: int = field(default=2, metadata=_range(1, 10))
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """How failed deliveries are retried (dispatcher.py)."""
+
+    initial_delay_s: float = field(default=10.0, metadata=_range(0.1, 86400))
+    max_delay_s: float = field(default=600.0, metadata=_range(0.1, 86400))
+    max_age_h: float = field(default=24.0, metadata=_range(0, 24 * 365))
 
 
 @dataclass(frozen=True)
@@ -81,6 +108,9 @@ class DestinationConfig:
     host: str = field(default="", metadata=REQUIRED)
     port: int = field(default=104, metadata={**_range(1, 65535), **REQUIRED})
     outputs: tuple[str, ...] = field(default=OUTPUT_KINDS, metadata={"choices": OUTPUT_KINDS})
+    reply_to_sender: bool = False
+    timeout_s: float = field(default=30.0, metadata=_range(1, 3600))
+    max_pdu_bytes: int = field(default=131072, metadata=_range(4096, 16777216))
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,8 @@ class Config:
     listen: ListenConfig = ListenConfig()
     storage: StorageConfig = StorageConfig()
     study: StudyConfig = StudyConfig()
+    workers: int = field(default=0, metadata={**_range(0, 64), "help": "0 = one per core"})
+    retry: RetryConfig = RetryConfig()
     images: ImagesConfig = ImagesConfig()
     detection: DetectionParams = DetectionParams()
     reporting: ReportingConfig = ReportingConfig()

@@ -24,3 +24,7 @@ class ReportError(CalcnodeError):
 class NotAnalysableError(UnusableImageError):
     """The object is not one calcnode analyses at all (another modality, a QC image, a
     multi-frame object): it is skipped, not counted as a failed detection."""
+
+
+class SpoolError(CalcnodeError):
+    """The spool could not keep an object durably (bad identifiers, disk errors)."""

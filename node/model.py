@@ -202,3 +202,119 @@ class Equipment:
     institution_name: str = ""
     uid_root: str | None = None
     algorithm_parameters: tuple[str, ...] = ()
+
+
+# --- the node: what the receiver, spool, assembly, workers and dispatcher hand each other ---
+
+
+class Role(str, enum.Enum):
+    """What the node does with a received instance."""
+
+    IMAGE = "image"  # an image to analyse (checked in detail by images.check_analysable)
+    KEPT = "kept"  # stored and never analysed: SR, presentation states, our own outputs ...
+
+
+class StudyState(str, enum.Enum):
+    RECEIVING = "receiving"  # instances arriving; waiting for assembly to call it complete
+    ANALYSING = "analysing"  # handed to a worker process
+    DONE = "done"  # analysed, outputs queued
+    FAILED = "failed"  # analysis failed; ``reason`` says why
+
+
+class DeliveryState(str, enum.Enum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class StoreOutcome(str, enum.Enum):
+    """How one C-STORE to a destination ended (sender.py)."""
+
+    SUCCESS = "success"  # 0x0000 or a warning status: the peer has it
+    TRANSIENT = "transient"  # refused, timed out, aborted, 0xA7xx: try again later
+    PERMANENT = "permanent"  # the peer will never take it as it is: marked failed
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    outcome: StoreOutcome
+    status: int | None  # DIMSE status, None when no response came
+    reason: str
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One received instance, as the spool keeps it; ``path`` is relative to the spool."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    path: str
+    size_bytes: int
+    received_at: float
+    calling_ae: str
+    association_id: str
+    role: Role
+    laterality: str = ""
+    view: str = ""
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """What assembly needs to decide whether a receiving study is complete (times in epoch s)."""
+
+    study_instance_uid: str
+    first_received_at: float
+    last_received_at: float
+    views: frozenset[str]  # "RCC", "LMLO" ... of the image instances received
+    association_open: bool  # an association that sent part of it is still open
+
+
+@dataclass(frozen=True)
+class OutboxJob:
+    """One output to deliver to one destination."""
+
+    delivery_id: int
+    output_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    destination: str
+    path: str  # absolute
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AnalysisTask:
+    """One study handed to a worker process: its image files (absolute paths) and context."""
+
+    study_instance_uid: str
+    generation: int  # the analysis run; a result of an older run is discarded
+    paths: tuple[str, ...]
+    calling_ae: str
+    predecessor: SourceRef | None = None  # the SR of the previous run, superseded by this one
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    kind: str  # "sr", "sc", "gsps"
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    path: str  # absolute
+
+
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    """What a worker returns for one study."""
+
+    study_instance_uid: str
+    generation: int
+    outputs: tuple[OutputFile, ...]
+    images: int  # analysed
+    failed_images: int
+    clusters: int
+    highest_certainty: float | None
+    seconds: float
+    notes: tuple[str, ...] = ()  # per-image failures and skips, for a person

@@ -21,7 +21,7 @@ from node.config import Config
 from node.detection.detector import detect
 from node.errors import NotAnalysableError, ReportError, UnusableImageError
 from node.images import display_pixels, source_ref, to_mammogram
-from node.model import Equipment, ImageFailure, ImageFindings, StudyFindings
+from node.model import Equipment, ImageFailure, ImageFindings, SourceRef, StudyFindings
 from node.reporting.gsps import build_gsps
 from node.reporting.overlay import build_overlay_sc
 from node.reporting.sr import build_cad_sr
@@ -64,8 +64,12 @@ def equipment(config: Config) -> Equipment:
     )
 
 
-def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime) -> StudyResult:
-    """Analyse every image of one study and build the outputs the config asks for."""
+def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime,
+                  predecessor: SourceRef | None = None) -> StudyResult:
+    """Analyse every image of one study and build the outputs the config asks for.
+
+    ``predecessor`` is the SR of this study's previous run, which the new SR supersedes.
+    """
     if not datasets:
         raise ValueError("a study needs at least one dataset")
     study_uid = str(datasets[0].get("StudyInstanceUID", ""))
@@ -91,18 +95,19 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime) ->
             attempted.append(ds)
             log.warning("study %s image %s failed: %s", study_uid, uid, exc)
     findings = StudyFindings(study_uid, tuple(analysed), tuple(failures))
-    outputs = _outputs(attempted, displays, findings, config, now) if attempted else ()
+    outputs = _outputs(attempted, displays, findings, config, now, predecessor) if attempted else ()
     return StudyResult(findings, outputs, tuple(skipped))
 
 
-def _outputs(attempted: list[Dataset], displays: dict, findings: StudyFindings, config: Config, now: datetime):
+def _outputs(attempted: list[Dataset], displays: dict, findings: StudyFindings, config: Config,
+             now: datetime, predecessor: SourceRef | None):
     """Build each requested output; one that cannot be built is logged and the others still made."""
     kit = equipment(config)
     by_uid = {str(ds.SOPInstanceUID): ds for ds in attempted}
     marked = [f for f in findings.images if f.clusters]
     builders = []
     if "sr" in config.outputs:
-        builders.append(("sr", lambda: [build_cad_sr(by_uid, findings, kit, now)]))
+        builders.append(("sr", lambda: [build_cad_sr(by_uid, findings, kit, now, predecessor)]))
     if "sc" in config.outputs:
         for number, image in enumerate(marked, start=1):
             uid = image.source.sop_instance_uid

@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DSfloat
 
 from node.errors import ReportError
-from node.model import Cluster, CompositeFinding, Equipment, StudyFindings
+from node.model import Cluster, CompositeFinding, Equipment, SourceRef, StudyFindings
 from node.reporting import codes as C
 from node.reporting.common import (
     check_encodable, common_source, copy_identity, dicom_date, dicom_time, set_equipment,
@@ -317,6 +317,20 @@ def _evidence(study_uid: str, images: list[Dataset]) -> Sequence:
     return Sequence([study])
 
 
+def _hierarchical_ref(ref: SourceRef) -> Sequence:
+    """SR Document General Module's Hierarchical SOP Instance Reference Macro for one object."""
+    sop = Dataset()
+    sop.ReferencedSOPClassUID = ref.sop_class_uid
+    sop.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    series = Dataset()
+    series.SeriesInstanceUID = ref.series_instance_uid
+    series.ReferencedSOPSequence = [sop]
+    study = Dataset()
+    study.StudyInstanceUID = ref.study_instance_uid
+    study.ReferencedSeriesSequence = [series]
+    return Sequence([study])
+
+
 def _sop_ref(src: Dataset) -> Dataset:
     ref = Dataset()
     ref.ReferencedSOPClassUID = src.SOPClassUID
@@ -340,11 +354,14 @@ def _content_tree(sources, findings, images, equipment) -> Dataset:
 
 
 def build_cad_sr(sources: Mapping[str, Dataset], findings: StudyFindings, equipment: Equipment,
-                 now: datetime) -> Dataset:
+                 now: datetime, predecessor: SourceRef | None = None) -> Dataset:
     """The Mammography CAD SR of one study and run (TID 4000), identity copied from the sources.
 
     ``sources`` maps SOP Instance UID -> header of every image in ``findings.images`` and
-    ``findings.failures``. Raises ReportError when inputs are inconsistent.
+    ``findings.failures``. ``predecessor`` is the SR of an earlier run of the same study that
+    this one supersedes (a re-analysis after late images); it goes in the Predecessor
+    Documents Sequence unless it is this very document. Raises ReportError when inputs are
+    inconsistent.
     """
     images = _ordered_sources(sources, findings)
     first = common_source(images)
@@ -370,6 +387,10 @@ def build_cad_sr(sources: Mapping[str, Dataset], findings: StudyFindings, equipm
     ds.ContentDate, ds.ContentTime = dicom_date(now), dicom_time(now)
     ds.PerformedProcedureCodeSequence = []
     ds.CurrentRequestedProcedureEvidenceSequence = _evidence(findings.study_instance_uid, images)
+    if predecessor is not None and predecessor.sop_instance_uid != ds.SOPInstanceUID:
+        if predecessor.study_instance_uid != findings.study_instance_uid:
+            raise ReportError("the predecessor SR belongs to another study")
+        ds.PredecessorDocumentsSequence = _hierarchical_ref(predecessor)
     for element in _content_tree(sources, findings, images, equipment):
         ds.add(element)
     _add_file_meta(ds)

@@ -1,0 +1,245 @@
+"""The SCP: presentation contexts, AE policy, and the C-ECHO / C-STORE handlers.
+
+Every storage SOP class a mammography study may contain is accepted, in every transfer syntax
+of ../shared/spec/dicom-outputs.md section 1.2; images are analysed later, the rest (dose SRs,
+other CAD SRs, presentation states, our own outputs sent back) is kept and never analysed,
+because a refused context can make a modality fail the whole study. Other SOP classes are
+refused per presentation context by pynetdicom and never stop the rest of the association.
+
+Received datasets are never decoded here. pynetdicom's chunked receive writes each one to a
+temp file in the spool's ``incoming/`` folder as it arrives; the handler reads the header only,
+moves the file into the spool (durable, see spool.py) and answers Success only then.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pynetdicom
+from pydicom import dcmread
+from pydicom import uid as tsuid
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, evt, sop_class
+
+from node import images
+from node.config import Config
+from node.errors import SpoolError
+from node.model import InstanceRecord, Role, View
+from node.reporting.uids import is_valid_uid
+from node.spool import Spool
+
+log = logging.getLogger(__name__)
+
+# C-STORE response statuses (PS3.4 Annex B.2.3, PS3.7 Annex C)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+IMAGE_CLASSES = (
+    sop_class.DigitalMammographyXRayImageStorageForPresentation,
+    sop_class.DigitalMammographyXRayImageStorageForProcessing,
+    sop_class.BreastTomosynthesisImageStorage,
+    sop_class.BreastProjectionXRayImageStorageForPresentation,
+    sop_class.BreastProjectionXRayImageStorageForProcessing,
+    sop_class.DigitalXRayImageStorageForPresentation,
+    sop_class.DigitalXRayImageStorageForProcessing,
+    sop_class.ComputedRadiographyImageStorage,
+)
+KEPT_CLASSES = (
+    sop_class.XRayRadiationDoseSRStorage,
+    sop_class.MammographyCADSRStorage,
+    sop_class.GrayscaleSoftcopyPresentationStateStorage,
+    sop_class.KeyObjectSelectionDocumentStorage,
+    sop_class.SecondaryCaptureImageStorage,
+)
+TRANSFER_SYNTAXES = (
+    tsuid.ExplicitVRLittleEndian, tsuid.ImplicitVRLittleEndian,
+    tsuid.DeflatedExplicitVRLittleEndian, tsuid.ExplicitVRBigEndian,
+    tsuid.JPEGLosslessSV1, tsuid.JPEGLossless, tsuid.JPEGLSLossless, tsuid.JPEGLSNearLossless,
+    tsuid.JPEG2000Lossless, tsuid.JPEG2000, tsuid.HTJ2KLossless, tsuid.HTJ2KLosslessRPCL,
+    tsuid.HTJ2K, tsuid.RLELossless, tsuid.JPEGBaseline8Bit, tsuid.JPEGExtended12Bit,
+)
+HEADER_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+               "ImageLaterality", "Laterality", "ViewPosition", "ViewCodeSequence")
+
+
+class Rejected(Exception):
+    """A C-STORE that gets a failure status; ``status`` is one of the constants above."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+def build_ae(config: Config) -> AE:
+    """The application entity with the node's contexts, AE policy, limits and timeouts."""
+    listen = config.listen
+    # Received datasets go to a temp file as they arrive instead of being held in memory.
+    pynetdicom._config.STORE_RECV_CHUNKED_DATASET = True
+    ae = AE(ae_title=listen.ae_title)
+    ae.add_supported_context(sop_class.Verification)
+    for abstract in IMAGE_CLASSES + KEPT_CLASSES:
+        ae.add_supported_context(abstract, list(TRANSFER_SYNTAXES))
+    ae.require_called_aet = True
+    ae.require_calling_aet = list(listen.allowed_calling_ae_titles)
+    ae.maximum_associations = listen.max_associations
+    ae.maximum_pdu_size = listen.max_pdu_bytes
+    ae.acse_timeout = listen.acse_timeout_s
+    ae.dimse_timeout = listen.dimse_timeout_s
+    ae.network_timeout = listen.network_timeout_s
+    return ae
+
+
+def handlers(spool: Spool, config: Config, clock: Callable[[], float],
+             notify: Callable[[], None]) -> list:
+    """The event handlers, with their collaborators bound (pynetdicom's handler-args form).
+
+    ``notify`` is called after an instance was stored and after an association ended: both can
+    make a study complete.
+    """
+    return [
+        (evt.EVT_CONN_OPEN, _no_delay),
+        (evt.EVT_ACCEPTED, _opened, [spool, clock]),
+        (evt.EVT_RELEASED, _closed, [spool, clock, notify, "released"]),
+        (evt.EVT_ABORTED, _closed, [spool, clock, notify, "aborted"]),
+        (evt.EVT_CONN_CLOSE, _closed, [spool, clock, notify, "connection closed"]),
+        (evt.EVT_C_ECHO, _echo),
+        (evt.EVT_C_STORE, handle_store, [spool, config, clock, notify]),
+    ]
+
+
+def _no_delay(event) -> None:
+    # Nagle's algorithm delays the small PDUs of each C-STORE exchange (DIMSE responses).
+    try:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass
+
+
+def association_id(assoc) -> str:
+    if not hasattr(assoc, "calcnode_id"):
+        assoc.calcnode_id = uuid.uuid4().hex
+    return assoc.calcnode_id
+
+
+def _opened(event, spool: Spool, clock) -> None:
+    assoc = event.assoc
+    requestor = assoc.requestor
+    address = f"{requestor.address}:{requestor.port}"
+    spool.association_opened(association_id(assoc), requestor.ae_title,
+                             assoc.acceptor.ae_title, address, clock())
+    log.info("association %s opened by %s from %s", association_id(assoc), requestor.ae_title, address)
+
+
+def _closed(event, spool: Spool, clock, notify, outcome: str) -> None:
+    if hasattr(event.assoc, "calcnode_id"):
+        spool.association_closed(event.assoc.calcnode_id, outcome, clock())
+        if outcome != "connection closed":
+            log.info("association %s %s", event.assoc.calcnode_id, outcome)
+        notify()
+
+
+def _echo(event) -> int:
+    return SUCCESS
+
+
+def handle_store(event, spool: Spool, config: Config, clock, notify) -> int:
+    """Keep one received instance durably, then answer; every failure has a named status."""
+    assoc = event.assoc
+    path = Path(event.dataset_path)
+    try:
+        header = read_header(path, str(event.request.AffectedSOPClassUID),
+                             str(event.request.AffectedSOPInstanceUID))
+        size = path.stat().st_size
+        if spool.free_mb() - size / 1e6 < config.storage.min_free_mb:
+            raise Rejected(OUT_OF_RESOURCES, f"less than {config.storage.min_free_mb} MB free")
+        record = spool.adopt(path, _record(header, size, assoc, clock()))
+    except Rejected as exc:
+        log.warning("refused instance %s from %s: status 0x%04X %s",
+                    event.request.AffectedSOPInstanceUID, assoc.requestor.ae_title, exc.status, exc)
+        return exc.status
+    except (SpoolError, OSError) as exc:
+        log.error("could not keep instance %s: %s", event.request.AffectedSOPInstanceUID, exc)
+        return OUT_OF_RESOURCES if _disk_full(exc) else PROCESSING_FAILURE
+    kind = "image" if record.role is Role.IMAGE else "kept, not analysed"
+    log.info("stored study=%s sop=%s class=%s from=%s bytes=%d (%s)", record.study_instance_uid,
+             record.sop_instance_uid, record.sop_class_uid, record.calling_ae, size, kind)
+    notify()
+    return SUCCESS
+
+
+def read_header(path: Path, context_class: str, affected_uid: str):
+    """The header of a received file, checked against its request; raises Rejected."""
+    try:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"unreadable dataset ({exc})") from None
+    found_class = str(header.get("SOPClassUID", ""))
+    if found_class != context_class:
+        raise Rejected(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                       f"dataset SOP Class {found_class!r} is not the requested {context_class}")
+    if str(header.get("SOPInstanceUID", "")) != affected_uid:
+        raise Rejected(CANNOT_UNDERSTAND, "dataset SOP Instance UID differs from the request's")
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not is_valid_uid(str(header.get(keyword, ""))):
+            raise Rejected(CANNOT_UNDERSTAND, f"missing or invalid {keyword}")
+    return header
+
+
+def _record(header, size: int, assoc, now: float) -> InstanceRecord:
+    sop_class_uid = str(header.SOPClassUID)
+    role = Role.IMAGE if sop_class_uid in IMAGE_CLASSES else Role.KEPT
+    side = images.laterality(header)
+    view = images.view(header)
+    return InstanceRecord(
+        sop_instance_uid=str(header.SOPInstanceUID), sop_class_uid=sop_class_uid,
+        study_instance_uid=str(header.StudyInstanceUID),
+        series_instance_uid=str(header.SeriesInstanceUID), path="", size_bytes=size,
+        received_at=now, calling_ae=assoc.requestor.ae_title,
+        association_id=association_id(assoc), role=role,
+        laterality=side.value if side else "", view=view.value if view is not View.OTHER else "")
+
+
+def _disk_full(exc: Exception) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (28, 122)  # ENOSPC, EDQUOT
+
+
+class Receiver:
+    """The running SCP. ``start`` listens; ``stop`` stops accepting, lets open associations
+    finish for ``listen.shutdown_grace_s``, then aborts what is left."""
+
+    def __init__(self, config: Config, spool: Spool, clock: Callable[[], float] = time.time,
+                 notify: Callable[[], None] = lambda: None):
+        self.config = config
+        self.ae = build_ae(config)
+        self._handlers = handlers(spool, config, clock, notify)
+        self.server = None
+
+    def start(self) -> tuple[str, int]:
+        listen = self.config.listen
+        self.server = self.ae.start_server((listen.host, listen.port), block=False,
+                                           evt_handlers=self._handlers)
+        return self.server.server_address[:2]
+
+    def stop(self, clock: Callable[[], float] = time.monotonic) -> int:
+        """Returns how many associations had to be aborted."""
+        if self.server is None:
+            return 0
+        server, self.server = self.server, None
+        server.shutdown()
+        deadline = clock() + self.config.listen.shutdown_grace_s
+        while server.active_associations and clock() < deadline:
+            time.sleep(0.05)
+        leftover = server.active_associations
+        for assoc in leftover:
+            assoc.abort()
+        for assoc in leftover:
+            assoc.join(timeout=5)
+        return len(leftover)

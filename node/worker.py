@@ -1,0 +1,64 @@
+"""What runs in an analysis process: one spooled study in, output files and a summary out.
+
+Detection is CPU-bound and holds the GIL, so it runs in separate processes (service.py) and the
+receiver's threads are never starved. ``run_analysis`` reads the study's files from the spool,
+calls ``pipeline.analyse_study`` and writes the outputs durably under the spool's ``outputs/``
+folder; the parent process records them in the database. An exception here marks only this
+study failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from node.batch import write_outputs
+from node.config import Config
+from node.errors import UnusableImageError
+from node.model import AnalysisOutcome, AnalysisTask, OutputFile
+from node.pipeline import analyse_study
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def init_process(level: int) -> None:
+    """Worker process start: log to the inherited stderr like the parent does."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("highdicom").setLevel(max(level, logging.WARNING))  # a line per module copied
+
+
+def run_analysis(task: AnalysisTask, config: Config, output_folder: str, fsync: bool) -> AnalysisOutcome:
+    start = time.perf_counter()
+    datasets, notes = [], []
+    for path in task.paths:
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            notes.append(f"{Path(path).stem}: unreadable ({exc})")
+    if not datasets:
+        raise UnusableImageError("no readable image in the study" + (f" ({notes[0]})" if notes else ""))
+    result = analyse_study(datasets, config, datetime.now(), task.predecessor)
+    written = write_outputs(result, Path(output_folder), fsync=fsync) if result.outputs else ()
+    outputs = tuple(
+        OutputFile(kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID), str(path))
+        for (kind, ds), path in zip(result.outputs, written))
+    findings = result.findings
+    notes += [f"{f.source.sop_instance_uid}: {f.reason}" for f in findings.failures]
+    notes += [f"{s.sop_instance_uid}: not analysed: {s.reason}" for s in result.skipped]
+    return AnalysisOutcome(
+        study_instance_uid=task.study_instance_uid, generation=task.generation, outputs=outputs,
+        images=len(findings.images), failed_images=len(findings.failures) + len(task.paths) - len(datasets),
+        clusters=findings.cluster_count, highest_certainty=findings.highest_certainty,
+        seconds=time.perf_counter() - start, notes=tuple(notes))
+
+
+def warm_up() -> None:
+    """Run in each new worker so the first study does not pay for the imports."""
+    import node.detection.detector  # noqa: F401
+    import node.reporting.sr  # noqa: F401
