@@ -13,7 +13,9 @@ B. Latency. A four-view full-field study (seed 424242, 424243, ...) is sent in o
    a calcnode with ``analyse_when_four_views: true``, ``complete_after_s: 10`` and one destination,
    a ``storescp`` sink. Measured from storescu's exit (last image acknowledged) until the
    Mammography CAD SR, and until the last expected output, has arrived in the sink. The target is
-   ``complete_after_s + 5 s``.
+   ``complete_after_s + 5 s``. The expected number of outputs is what the offline pipeline
+   (``pipeline.analyse_study``) makes for the same study. The sink runs ``-xcr`` to touch a marker
+   file once each object is completely written, and ``+xa`` to accept compressed outputs.
 
 DCMTK tools are called by absolute path under /usr/bin (the venv has pynetdicom scripts of the
 same names). Everything runs on 127.0.0.1, in a temporary directory removed at the end.
@@ -118,10 +120,11 @@ def wait_ready(proc: subprocess.Popen, ae: str, port: int, log: Path) -> float:
         if proc.poll() is not None:
             raise BenchError(f"{log.stem} exited with status {proc.returncode} before it was ready\n"
                              + log_tail(log))
-        echo = subprocess.run([ECHOSCU, "-to", "2", "-ta", "5", "-aec", ae, HOST, str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
-        if echo.returncode == 0:
-            return time.perf_counter() - start
+        with contextlib.suppress(subprocess.TimeoutExpired):  # run() kills echoscu on timeout
+            echo = subprocess.run([ECHOSCU, "-to", "2", "-ta", "5", "-aec", ae, HOST, str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+            if echo.returncode == 0:
+                return time.perf_counter() - start
         time.sleep(0.2)
     raise BenchError(f"{log.stem} did not answer C-ECHO within {READY_DEADLINE_S:.0f} s\n"
                      + log_tail(log))
@@ -146,6 +149,12 @@ def send(files: list[Path], ae: str, port: int, log: Path) -> float:
     if status != 0:
         raise BenchError(f"storescu exited with status {status}\n" + log_tail(log))
     return seconds
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> tuple[float, float]:
@@ -180,8 +189,9 @@ def storescp_cmd(out_dir: Path, port: int, ae: str = "STORESCP", marks: Path | N
     cmd = [STORESCP, "+B", "-aet", ae, "-od", str(out_dir)]
     if marks is None:
         cmd += ["--max-pdu", str(PDU)]
-    else:  # a marker per object, made after the file is complete and the response sent
-        cmd += ["-xcr", f"/usr/bin/touch '{marks}/#f'"]
+    else:  # the sink: accept compressed outputs too (plain storescp takes uncompressed only), and
+        # make a marker per object once its file is complete
+        cmd += ["+xa", "-xcr", f"/usr/bin/touch '{marks}/#f'"]
     return cmd + [str(port)]
 
 
@@ -238,7 +248,9 @@ def calcnode_run(files: list[Path], work: Path) -> dict:
     os.sync()
     with running(calcnode_cmd(config), log, cwd=ROOT) as proc:
         ready_s = wait_ready(proc, "CALCNODE", port, log)
+        cpu = cpu_seconds(proc.pid)
         seconds = send(files, "CALCNODE", port, work / "storescu-calcnode.log")
+        cpu = cpu_seconds(proc.pid) - cpu
         at_exit = count_dcm(spool / "instances")
         final, deadline = at_exit, time.perf_counter() + 10
         while final < len(files) and time.perf_counter() < deadline:
@@ -249,7 +261,7 @@ def calcnode_run(files: list[Path], work: Path) -> dict:
     if final != len(files):
         raise BenchError(f"calcnode spooled {final} of {len(files)} files\n" + log_tail(log))
     return dict(seconds=seconds, received=final, at_exit=at_exit, ready_s=ready_s, rss_mb=rss,
-                rss_children_mb=rss_children, stop_s=proc.stopped_in)
+                rss_children_mb=rss_children, stop_s=proc.stopped_in, status=proc.returncode, cpu_s=cpu)
 
 
 # ---------------------------------------------------------------- A. throughput
@@ -280,20 +292,22 @@ def throughput(args, work: Path) -> dict:
     print(f"\n== A. receive throughput: {len(files)} images of {ROWS}x{COLS} 16-bit, "
           f"{total / 1e6:.0f} MB ({total / len(files) / 1e6:.1f} MB each), generated in "
           f"{time.perf_counter() - start:.1f} s; storescu PDU {PDU} both ways", flush=True)
-    results = {"storescp": [], "calcnode": []}
+    results = {"storescp": [], "storescp+sync": [], "calcnode": [], "rss": []}
     for repeat in range(1, args.repeats + 1):
         run = storescp_run(files, work)
         results["storescp"].append(run["seconds"])
+        results["storescp+sync"].append(run["seconds"] + run["sync_s"])
         print(f"  [{repeat}] storescp +B  {rates(run['seconds'], len(files), total)}  then sync "
               f"{run['sync_s']:.2f} s: {len(files) / (run['seconds'] + run['sync_s']):.2f} images/s "
               f"incl. sync", flush=True)
         run = calcnode_run(files, work)
         results["calcnode"].append(run["seconds"])
-        results.setdefault("rss", []).append(run["rss_mb"])
+        results["rss"].append(run["rss_mb"])
         print(f"  [{repeat}] calcnode     {rates(run['seconds'], len(files), total)}  ready in "
               f"{run['ready_s']:.1f} s, {run['at_exit']}/{len(files)} spooled at storescu exit, "
               f"peak RSS {run['rss_mb']:.0f} MB (+{run['rss_children_mb']:.0f} MB children), "
-              f"stopped in {run['stop_s']:.1f} s", flush=True)
+              f"CPU {run['cpu_s']:.1f} s while sending; SIGTERM: exit status {run['status']} "
+              f"in {run['stop_s']:.1f} s", flush=True)
     shutil.rmtree(data)
     return dict(n=len(files), bytes=total, **results)
 
@@ -311,7 +325,12 @@ def throughput_lines(res: dict) -> list[str]:
     ratio_median = stats["storescp"][1] / stats["calcnode"][1]
     rows.append(f"| calcnode / storescp (target >= {TARGET_RATIO}) | best {ratio_best:.2f} | "
                 f"median {ratio_median:.2f} |")
-    rows.append(f"| calcnode peak RSS (VmHWM) while receiving | max {max(res['rss']):.0f} MB | "
+    synced = res["storescp+sync"]
+    rows.append(f"| storescp then sync (calcnode fsyncs, storescp does not) | best {n / min(synced):.2f} "
+                f"images/s, calcnode / it {min(synced) / stats['calcnode'][0]:.2f} | median "
+                f"{n / statistics.median(synced):.2f} images/s, calcnode / it "
+                f"{statistics.median(synced) / stats['calcnode'][1]:.2f} |")
+    rows.append(f"| calcnode peak RSS (VmHWM) while receiving, serve process | max {max(res['rss']):.0f} MB | "
                 f"median {statistics.median(res['rss']):.0f} MB |")
     return rows
 
@@ -368,7 +387,7 @@ def wait_outputs(sink: Path, marks: Path, study_uid: str, expected: int | None, 
 
 
 def latency_node(work: Path):
-    """(sink dir, marker dir, sink command, node config, node port)."""
+    """(sink dir, marker dir, sink command, node config, (sink port, node port))."""
     sink, marks = work / "sink", work / "sink-marks"
     sink.mkdir()
     marks.mkdir()
@@ -379,9 +398,11 @@ def latency_node(work: Path):
     return sink, marks, storescp_cmd(sink, sink_port, "SINK", marks), config, (sink_port, node_port)
 
 
-def latency(args, work: Path) -> list[dict]:
+def latency(args, work: Path) -> tuple[list[dict], tuple[float, float]]:
+    """Per-run results and the node's peak RSS (serve, workers summed)."""
     print(f"\n== B. end-to-end latency: four-view {ROWS}x{COLS} studies, complete_after_s "
-          f"{COMPLETE_AFTER_S}, analyse_when_four_views true, workers 2", flush=True)
+          f"{COMPLETE_AFTER_S}, analyse_when_four_views true, workers 2; target "
+          f"<= {COMPLETE_AFTER_S + 5} s", flush=True)
     studies = []
     for run in range(args.latency_runs):
         seed = LATENCY_SEED + run
@@ -405,13 +426,16 @@ def latency(args, work: Path) -> list[dict]:
             print_latency(results[-1], work / "calcnode-latency.log")
             time.sleep(2.0)
         rss, rss_children = peak_rss_mb(node.pid)
-    print(f"  calcnode peak RSS (VmHWM) {rss:.0f} MB (+{rss_children:.0f} MB children)")
-    return results
+    print(f"  calcnode peak RSS (VmHWM) {rss:.0f} MB (+{rss_children:.0f} MB children); SIGTERM: exit "
+          f"status {node.returncode} in {node.stopped_in:.1f} s")
+    return results, (rss, rss_children)
 
 
 def print_latency(res: dict, log: Path) -> None:
     sr = "NOT within 120 s" if res["sr_s"] is None else f"{res['sr_s']:.2f} s"
     last = "-" if res["last_s"] is None else f"{res['last_s']:.2f} s"
+    if res["expected"] is not None and res["count"] < res["expected"]:
+        last += f" (INCOMPLETE after {LATENCY_DEADLINE_S:.0f} s)"
     print(f"  seed {res['seed']}: sent 4 images in {res['send_s']:.2f} s; after storescu exit: CAD SR "
           f"{sr}, last of {res['count']}/{res['expected']} outputs {last} "
           f"({res['kinds'] or 'nothing'})", flush=True)
@@ -419,7 +443,7 @@ def print_latency(res: dict, log: Path) -> None:
         print(log_tail(log))
 
 
-def latency_lines(results: list[dict]) -> list[str]:
+def latency_lines(results: list[dict], rss: tuple[float, float]) -> list[str]:
     target = COMPLETE_AFTER_S + 5
     srs = [r["sr_s"] for r in results if r["sr_s"] is not None]
     lasts = [r["last_s"] for r in results if r["last_s"] is not None and r["count"] == r["expected"]]
@@ -431,6 +455,8 @@ def latency_lines(results: list[dict]) -> list[str]:
         each = ", ".join(f"{v:.1f}" for v in lasts)
         rows.append(f"| last image acknowledged -> last output in the sink | "
                     f"median {statistics.median(lasts):.1f} s | each: {each} s |")
+    rows.append(f"| calcnode peak RSS (VmHWM) over the latency runs, workers 2 | serve {rss[0]:.0f} MB | "
+                f"workers {rss[1]:.0f} MB (sum) |")
     return rows
 
 
@@ -439,9 +465,16 @@ def latency_lines(results: list[dict]) -> list[str]:
 def machine() -> str:
     version = subprocess.run([STORESCU, "--version"], capture_output=True, text=True, timeout=10)
     dcmtk = next((line.strip("$ ") for line in version.stdout.splitlines() if "dcmtk" in line), "?")
-    return (f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
-            f"{platform.system()} {platform.release()}, python {platform.python_version()}, "
-            f"pydicom {pydicom.__version__}, {dcmtk}")
+    info = {}
+    for name in ("/proc/cpuinfo", "/proc/meminfo"):
+        with contextlib.suppress(OSError):
+            for line in Path(name).read_text().splitlines():
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    memory = int(info.get("MemTotal", "0 kB").split()[0]) / 2**20
+    return (f"machine: {platform.machine()} {info.get('model name', platform.processor())}, "
+            f"{os.cpu_count()} CPUs, {memory:.0f} GiB, {platform.system()} {platform.release()}, "
+            f"python {platform.python_version()}, pydicom {pydicom.__version__}, {dcmtk}")
 
 
 def main(argv=None) -> int:
@@ -451,6 +484,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-runs", type=int, default=2, help="four-view studies for latency")
     parser.add_argument("--only", choices=("throughput", "latency", "all"), default="all")
     args = parser.parse_args(argv)
+    if min(args.images, args.repeats, args.latency_runs) < 1:
+        parser.error("--images, --repeats and --latency-runs must be at least 1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so every child is still stopped
     print(machine(), flush=True)
     summary = []
@@ -463,7 +498,7 @@ def main(argv=None) -> int:
             if args.only in ("latency", "all"):
                 work = Path(tmp, "latency")
                 work.mkdir()
-                summary += latency_lines(latency(args, work))
+                summary += latency_lines(*latency(args, work))
     except BenchError as exc:
         print(f"\nFAILED: {exc}", file=sys.stderr)
         return 1

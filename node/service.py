@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import tempfile
 import threading
@@ -58,6 +59,9 @@ class Service:
         self.spool.open()
         for uid in self.spool.recover(self.clock(), self.config.study.max_attempts):
             log.warning("study=%s: analysis was interrupted; queued again", uid)
+        # multiprocessing keeps its sockets in a temp folder chosen once per process: fix it
+        # in the system temp dir before the next line (AF_UNIX paths are limited to 107 bytes).
+        multiprocessing.util.get_temp_dir()
         # pynetdicom's chunked receive writes to the default temp folder and offers no other
         # hook; pointing it into the spool makes adopting a received file a rename, not a copy.
         tempfile.tempdir = str(self.spool.incoming)
@@ -71,16 +75,17 @@ class Service:
 
     def stop(self) -> None:
         """Stop accepting, let in-flight objects and analyses finish (bounded), keep the queues."""
+        self._stopping.set()  # no new analyses; what is received meanwhile waits for the next start
         aborted = self.receiver.stop()
         if aborted:
             log.warning("aborted %d association(s) still open after the grace period", aborted)
-        self._stopping.set()
         self._wake.set()
         self._scheduler.join(self.config.listen.shutdown_grace_s + 60)
         self.dispatcher.stop()
         if self._pool is not None:
+            processes = list((getattr(self._pool, "_processes", None) or {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
-            for process in list(getattr(self._pool, "_processes", {}).values()):
+            for process in processes:
                 process.terminate()  # an analysis still running is redone at the next start
         self.spool.close()
         log.info("stopped")
@@ -139,8 +144,13 @@ class Service:
 
     def _submit(self, task: AnalysisTask, reason: str) -> None:
         folder = self.spool.output_folder(task.study_instance_uid)
-        future = self._pool.submit(worker.run_analysis, task, self.config, str(folder),
-                                   self.config.storage.fsync)
+        try:
+            future = self._pool.submit(worker.run_analysis, task, self.config, str(folder),
+                                       self.config.storage.fsync)
+        except (RuntimeError, OSError) as exc:  # e.g. a broken pool: the study goes back in line
+            self.spool.release(task.study_instance_uid, self.config.study.max_attempts + 1, str(exc))
+            self._replace_pool()
+            raise
         future.add_done_callback(lambda f: self._wake.set())
         self._inflight[future] = task
         log.info("analysing study=%s run=%d images=%d (%s)", task.study_instance_uid,

@@ -339,7 +339,10 @@ class Spool:
         """After a stop or crash: requeue interrupted analyses, close dangling associations,
         drop partial receives. Returns the interrupted studies."""
         for leftover in self.incoming.iterdir():
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         with self.transaction() as db:
             db.execute("UPDATE associations SET ended_at = ?, outcome = 'interrupted'"
                        " WHERE ended_at IS NULL", (now,))

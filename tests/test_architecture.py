@@ -19,7 +19,7 @@ def imports(path: Path) -> set[str]:
     return names
 
 
-PURE = [NODE / "model.py", *sorted((NODE / "detection").glob("*.py"))]
+PURE = [NODE / "model.py", NODE / "assembly.py", *sorted((NODE / "detection").glob("*.py"))]
 NO_NETWORK = [NODE / "images.py", *sorted((NODE / "reporting").glob("*.py"))]
 
 
@@ -31,6 +31,11 @@ def test_model_and_detection_import_no_dicom_or_yaml(path):
 @pytest.mark.parametrize("path", NO_NETWORK, ids=lambda p: p.name)
 def test_images_and_reporting_import_no_networking(path):
     assert "pynetdicom" not in imports(path)
+
+
+def test_only_receiver_and_sender_speak_dicom_networking():
+    speakers = {p.name for p in NODE.rglob("*.py") if "pynetdicom" in imports(p)}
+    assert speakers == {"receiver.py", "sender.py"}
 
 
 def test_only_cli_prints():

@@ -1,0 +1,143 @@
+"""The network node end to end on loopback: a real Orthanc PACS, DCMTK's storescu and echoscu.
+
+These are the acceptance tests of the node: a study goes PACS -> calcnode -> PACS and comes back
+with its CAD SR, overlays and GSPS in the same study; full-field images arrive in compressed
+transfer syntaxes; the AE policy holds; objects of other SOP classes never spoil an association.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+from pynetdicom import AE, sop_class
+
+from nodeproc import NodeProcess, node_config
+from node.testing.study import write_study
+from peers import ECHOSCU, ORTHANC, STORESCU, echoscu, free_port, require, running_orthanc, storescu, wait_for
+
+pytestmark = pytest.mark.slow
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.50"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
+COMPLETE_AFTER_S = 5
+
+
+def config(tmp_path, port=None, **sections) -> dict:
+    return node_config(tmp_path / "node", port=port, study={"complete_after_s": COMPLETE_AFTER_S}, **sections)
+
+
+def test_study_sent_by_orthanc_comes_back_into_the_same_study(tmp_path):
+    require(ORTHANC)
+    study = write_study(tmp_path / "study", 4101, rows=2294, cols=1914, spacing_mm=0.1)
+    node_port = free_port()
+    with running_orthanc(tmp_path, {"calcnode": ("CALCNODE", "127.0.0.1", node_port)}) as pacs:
+        destination = {"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}}
+        with NodeProcess(tmp_path, config(tmp_path, node_port, destinations=destination)) as node:
+            for path in study.paths:
+                pacs.upload(path)
+            uid = study.identity.study_instance_uid
+            orthanc_study = pacs.find_study(uid)
+            pacs.store_to_modality("calcnode", [orthanc_study])
+            sent_at = time.monotonic()
+
+            def outputs_arrived():
+                made = len(node.query("SELECT 1 FROM outputs WHERE study_uid = ?", (uid,)))
+                instances = pacs.study_instances(orthanc_study)
+                classes = [i["SOPClassUID"] for i in instances]
+                done = made and len(instances) == 4 + made and SR_CLASS in classes
+                return instances if done else None
+
+            instances = wait_for(outputs_arrived, COMPLETE_AFTER_S + 10, "the outputs in Orthanc's study")
+            assert time.monotonic() - sent_at <= COMPLETE_AFTER_S + 10
+    images = [i for i in instances if i["SOPClassUID"] == study_class(study)]
+    outputs = [i for i in instances if i["SOPClassUID"] != study_class(study)]
+    classes = sorted(i["SOPClassUID"] for i in outputs)
+    assert classes.count(SR_CLASS) == 1
+    assert classes.count(SC_CLASS) >= 1 and classes.count(GSPS_CLASS) >= 1
+    assert len(images) == 4
+    for output in outputs:
+        for key in ("StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber"):
+            assert output[key] == images[0][key], key
+
+
+def study_class(study) -> str:
+    return str(pydicom.dcmread(study.paths[0], stop_before_pixels=True).SOPClassUID)
+
+
+@pytest.mark.parametrize("syntax, propose", [(JPEG2000Lossless, "-xv"), (JPEGLSLossless, "-xt")],
+                         ids=["jpeg2000-lossless", "jpeg-ls-lossless"])
+def test_storescu_sends_full_field_compressed_images(tmp_path, syntax, propose):
+    require(STORESCU)
+    study = write_study(tmp_path / "study", 4202, rows=4096, cols=3328, spacing_mm=0.07,
+                        transfer_syntax=syntax)
+    files = study.paths[:2]
+    with NodeProcess(tmp_path, config(tmp_path)) as node:
+        result = storescu("CALCNODE", node.port, files, propose=propose)
+        assert result.returncode == 0, result.stdout
+        assert result.stdout.count("Received Store Response (Success)") == 2, result.stdout
+        row = node.wait_study(study.identity.study_instance_uid, timeout_s=COMPLETE_AFTER_S + 60)
+        assert row["state"] == "done", node.log_text()
+        for path in files:
+            sent = pydicom.dcmread(path)
+            kept = pydicom.dcmread(node.spool / "instances" / sent.StudyInstanceUID / f"{sent.SOPInstanceUID}.dcm")
+            assert kept.file_meta.TransferSyntaxUID == syntax  # bytes kept as received, not re-encoded
+            assert kept.PixelData == sent.PixelData
+        assert (row["images"], row["failed_images"]) == (2, 0)
+
+
+def test_echo_and_calling_ae_allow_list(tmp_path):
+    require(ECHOSCU, STORESCU)
+    study = write_study(tmp_path / "study", 4303)
+    settings = config(tmp_path)
+    settings["listen"]["allowed_calling_ae_titles"] = ["PACS"]
+    with NodeProcess(tmp_path, settings) as node:
+        assert echoscu("CALCNODE", node.port, calling="PACS").returncode == 0
+        refused = echoscu("CALCNODE", node.port, calling="INTRUDER")
+        assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stdout
+        refused = storescu("CALCNODE", node.port, study.paths, calling="INTRUDER")
+        assert "Calling AE Title Not Recognized" in refused.stdout
+        wrong_called = echoscu("OTHERNODE", node.port, calling="PACS")
+        assert wrong_called.returncode != 0 and "Called AE Title Not Recognized" in wrong_called.stdout
+        assert len(node.query("SELECT 1 FROM instances")) == 0
+        assert storescu("CALCNODE", node.port, study.paths, calling="PACS").returncode == 0
+        assert len(node.query("SELECT 1 FROM instances")) == 4
+
+
+def test_other_sop_classes_are_refused_per_context_and_the_rest_is_kept(tmp_path):
+    study = write_study(tmp_path / "study", 4404)
+    mammo = pydicom.dcmread(study.paths[0])
+    ct = pydicom.dcmread(study.paths[1])
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = sop_class.CTImageStorage
+    with NodeProcess(tmp_path, config(tmp_path)) as node:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(sop_class.DigitalMammographyXRayImageStorageForPresentation)
+        ae.add_requested_context(sop_class.CTImageStorage)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="CALCNODE")
+        assert assoc.is_established
+        try:
+            accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+            assert sop_class.CTImageStorage not in accepted
+            with pytest.raises(ValueError):
+                assoc.send_c_store(ct)  # no accepted context: the SCU cannot even offer it
+            assert assoc.send_c_store(mammo).Status == 0x0000
+        finally:
+            assoc.release()
+        rows = node.query("SELECT sop_uid, role FROM instances")
+        assert [(r["sop_uid"], r["role"]) for r in rows] == [(mammo.SOPInstanceUID, "image")]
+
+
+def test_demo_reports_what_the_node_made(tmp_path):
+    with NodeProcess(tmp_path, config(tmp_path)) as node:
+        result = node.cli("demo", timeout_s=180)
+        assert result.returncode == 0, result.stdout + result.stderr
+        paths = [Path(line.split()[-1]) for line in result.stdout.splitlines()
+                 if line.strip().startswith(("sr ", "sc ", "gsps "))]
+        assert any(p.name.startswith("sr_") for p in paths), result.stdout
+        assert all(p.is_file() for p in paths)
+        status = node.status()
+        assert "1 received" in status.stdout and "1 done" in status.stdout, status.stdout
