@@ -38,8 +38,9 @@ test: venv tools
 run: venv
 	$(BIN)/calcnode serve --config config/calcnode.yaml
 
-bench: venv
+bench: venv tools
 	$(BIN)/python benchmarks/detect.py
+	$(BIN)/python benchmarks/receive.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache var

@@ -103,7 +103,8 @@ def _store(assoc, job: OutboxJob, meta) -> StoreResult:
         dataset = job.path
         if str(meta.TransferSyntaxUID) not in accepted:
             dataset = pydicom.dcmread(job.path)
-            dataset.decompress()  # only uncompressed was accepted for this SOP class
+            # only uncompressed was accepted for this SOP class; lossless, so the same instance
+            dataset.decompress(generate_instance_uid=False)
         status = assoc.send_c_store(dataset)
     except (OSError, ValueError, AttributeError, RuntimeError) as exc:
         return StoreResult(StoreOutcome.TRANSIENT, None, f"C-STORE failed: {exc}")

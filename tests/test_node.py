@@ -7,17 +7,22 @@ transfer syntaxes; the AE policy holds; objects of other SOP classes never spoil
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import pydicom
+import pynetdicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
 from pynetdicom import AE, sop_class
+from pynetdicom.dsutils import split_dataset
 
 from nodeproc import NodeProcess, node_config
 from node.testing.study import write_study
-from peers import ECHOSCU, ORTHANC, STORESCU, echoscu, free_port, require, running_orthanc, storescu, wait_for
+from peers import (
+    ECHOSCU, ORTHANC, STORESCU, StoreSCP, echoscu, free_port, require, running_orthanc, storescu, wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -141,3 +146,73 @@ def test_demo_reports_what_the_node_made(tmp_path):
         assert all(p.is_file() for p in paths)
         status = node.status()
         assert "1 received" in status.stdout and "1 done" in status.stdout, status.stdout
+
+
+SYNTAXES = {
+    "implicit": "1.2.840.10008.1.2", "explicit": "1.2.840.10008.1.2.1",
+    "deflated": "1.2.840.10008.1.2.1.99", "big-endian": "1.2.840.10008.1.2.2",
+    "rle": "1.2.840.10008.1.2.5", "jpeg-ls": "1.2.840.10008.1.2.4.80",
+    "jpeg2000": "1.2.840.10008.1.2.4.90", "jpeg-lossless-sv1": "1.2.840.10008.1.2.4.70",
+}
+
+
+def encoded_view(folder: Path, seed: int, syntax: str) -> Path:
+    """The RCC view of a small study in ``syntax``; JPEG lossless SV1 by DCMTK's dcmcjpeg."""
+    if syntax != SYNTAXES["jpeg-lossless-sv1"]:
+        return write_study(folder, seed, transfer_syntax=syntax).views["RCC"][0]
+    require("/usr/bin/dcmcjpeg")
+    source = write_study(folder, seed).views["RCC"][0]
+    target = folder / "RCC-sv1.dcm"
+    subprocess.run(["/usr/bin/dcmcjpeg", "+e1", str(source), str(target)], check=True)
+    return target
+
+
+def test_every_transfer_syntax_is_kept_as_sent_and_analysed(tmp_path, monkeypatch):
+    files = {name: encoded_view(tmp_path / name, 4500 + n, uid)
+             for n, (name, uid) in enumerate(SYNTAXES.items())}
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)  # bytes as in the file
+    with NodeProcess(tmp_path, config(tmp_path)) as node:
+        ae = AE(ae_title="MODALITY")
+        for uid in SYNTAXES.values():
+            ae.add_requested_context(sop_class.DigitalMammographyXRayImageStorageForPresentation, uid)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="CALCNODE")
+        assert assoc.is_established
+        try:
+            assert {cx.transfer_syntax[0] for cx in assoc.accepted_contexts} == set(SYNTAXES.values())
+            statuses = {name: assoc.send_c_store(path).Status for name, path in files.items()}
+        finally:
+            assoc.release()
+        assert statuses == {name: 0 for name in SYNTAXES}
+        for name, path in files.items():
+            sent = pydicom.dcmread(path, stop_before_pixels=True)
+            kept = node.spool / "instances" / sent.StudyInstanceUID / f"{sent.SOPInstanceUID}.dcm"
+            assert dataset_bytes(kept) == dataset_bytes(path), name
+            row = node.wait_study(sent.StudyInstanceUID, timeout_s=COMPLETE_AFTER_S + 60)
+            assert (row["state"], row["images"], row["failed_images"]) == ("done", 1, 0), (name, row)
+
+
+def dataset_bytes(path: Path) -> bytes:
+    _, offset = split_dataset(path)
+    return path.read_bytes()[offset:]
+
+
+def test_destination_taking_only_uncompressed_gets_the_same_instances(tmp_path):
+    """The overlays are JPEG-LS; a PACS that accepts only uncompressed data gets them decoded,
+    with the SOP Instance UIDs the node recorded (lossless, so the same instances)."""
+    require(STORESCU)
+    study = write_study(tmp_path / "study", 4606)
+    with StoreSCP(tmp_path / "sink", aet="SINK", accept=None) as scp:
+        sink = {"sink": {"ae_title": "SINK", "host": "127.0.0.1", "port": scp.port}}
+        with NodeProcess(tmp_path, config(tmp_path, destinations=sink)) as node:
+            assert storescu("CALCNODE", node.port, study.paths).returncode == 0
+            uid = study.identity.study_instance_uid
+            assert node.wait_study(uid, timeout_s=COMPLETE_AFTER_S + 60)["state"] == "done"
+            made = {r["sop_uid"]: r["kind"] for r in node.query("SELECT sop_uid, kind FROM outputs")}
+            wait_for(lambda: not node.pending_deliveries(), 60, "deliveries to finish")
+            assert {r["state"] for r in node.query("SELECT state FROM deliveries")} == {"done"}
+        received = [pydicom.dcmread(p) for p in scp.files()]
+    assert sorted(str(ds.SOPInstanceUID) for ds in received) == sorted(made)
+    for ds in received:
+        assert not ds.file_meta.TransferSyntaxUID.is_compressed
+        if made[ds.SOPInstanceUID] == "sc":
+            assert ds.pixel_array.shape[-1] == 3

@@ -369,3 +369,27 @@ def test_restart_after_sigkill_resumes(tmp_path, spool_root, start_node):
                            "restarted")
     assert restarted.wait_study(uid, timeout_s=60)["state"] == "done"
     assert restarted.study_state(first.identity.study_instance_uid) == "done"
+
+
+def test_given_up_deliveries_go_out_after_calcnode_retry(tmp_path, spool_root, start_node, stack):
+    """A destination down for longer than retry.max_age_h: its deliveries fail for good with the
+    reason; ``calcnode retry`` queues them again and they go out once the destination is back."""
+    sink_port = free_port()
+    node = start_node(node_config(spool_root, destinations={"sink": sink(sink_port)},
+                                  retry={"max_age_h": 0.0005}))  # 1.8 s
+    study = write_study(tmp_path / "study", seed=881)
+    send(node, study.paths)
+    assert node.wait_study(study.identity.study_instance_uid)["state"] == "done"
+    made = {o["sop_uid"] for o in node.query("SELECT sop_uid FROM outputs")}
+    failed = wait_for(lambda: len(node.query("SELECT 1 FROM deliveries WHERE state = 'failed'")) == len(made),
+                      30, "every delivery to fail for good")
+    assert failed
+    assert all("gave up after" in d["last_error"] for d in node.query("SELECT last_error FROM deliveries"))
+    assert re.search(r"sink: 0 pending, 0 delivered, \d+ failed", node.status().stdout)
+
+    scp = stack.enter_context(StoreSCPOnPort(tmp_path / "sink", sink_port, aet="SINK",
+                                             extra_args=UNIQUE_FILENAMES))
+    retried = node.cli("retry")
+    assert retried.returncode == 0 and f"{len(made)} failed deliveries queued again" in retried.stdout
+    headers = wait_delivered(node, scp)
+    assert Counter(str(ds.SOPInstanceUID) for ds in headers) == Counter(made)
