@@ -57,8 +57,3 @@ def run_analysis(task: AnalysisTask, config: Config, output_folder: str, fsync: 
         clusters=findings.cluster_count, highest_certainty=findings.highest_certainty,
         seconds=time.perf_counter() - start, notes=tuple(notes))
 
-
-def warm_up() -> None:
-    """Run in each new worker so the first study does not pay for the imports."""
-    import node.detection.detector  # noqa: F401
-    import node.reporting.sr  # noqa: F401

@@ -8,8 +8,7 @@ forkserver and resource-tracker processes it starts share its process group; ``k
 of them by PID, so nothing outlives a test even when the node itself crashed.
 
 Also here: ``ThrottledProxy`` (a loopback relay that slows a sender down, so a test can act in
-the middle of a transfer), ``StoreSCPOnPort`` (peers.StoreSCP on a port reserved in advance)
-and parsers for storescu's verbose output.
+the middle of a transfer) and parsers for storescu's verbose output.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import yaml
 from pydicom import dcmread
@@ -284,28 +283,6 @@ def _group_members(pgid: int) -> list[int]:
 
 
 # -- peers the fault tests need beyond peers.py ------------------------------------------------
-
-class StoreSCPOnPort(StoreSCP):
-    """peers.StoreSCP on a port reserved in advance (StoreSCP.start always picks a free one),
-    for a destination that is configured first and comes up later."""
-
-    def __init__(self, tmp_dir: str | Path, port: int, **options) -> None:
-        super().__init__(tmp_dir, **options)
-        self.fixed_port = port
-
-    def start(self, timeout_s: float = 15) -> StoreSCPOnPort:
-        peers.require(peers.STORESCP)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.port = self.fixed_port
-        cmd = [peers.STORESCP, "-v", *self._options, str(self.port)]
-        self.proc = peers._spawn(cmd, self.dir, self.log, self._env)
-        try:
-            wait_for(self._ready, timeout_s, f"storescp on port {self.port}")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
 
 def received_headers(scp: StoreSCP) -> list[Dataset]:
     """Headers of every file a storescp received (identified by content, never by name)."""

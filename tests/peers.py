@@ -339,8 +339,9 @@ class StoreSCP:
     def __init__(self, tmp_dir: str | Path, *, aet: str = "STORESCP",
                  bit_preserving: bool = False, max_pdu: int | None = None,
                  accept: str | None = "+xa", tcp_nodelay: bool = False,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), port: int | None = None) -> None:
         self.dir = Path(tmp_dir)
+        self.fixed_port = port  # a destination configured first that comes up later
         self.out = self.dir / "received"
         self.log = self.dir / "storescp.log"
         self.aet, self.port = aet, 0
@@ -356,7 +357,7 @@ class StoreSCP:
         """Launch storescp and return once its port accepts TCP connections."""
         require(STORESCP)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         cmd = [STORESCP, "-v", *self._options, str(self.port)]
         self.proc = _spawn(cmd, self.dir, self.log, self._env)
         try:

@@ -24,7 +24,7 @@ from pydicom import dcmread
 
 from node.testing.study import write_study
 from nodeproc import (
-    MAMMO_CAD_SR, NodeProcess, StoreSCPOnPort, ThrottledProxy, acknowledged_files, leftover_files,
+    MAMMO_CAD_SR, NodeProcess, ThrottledProxy, acknowledged_files, leftover_files,
     node_config, received_headers, sink, store_responses,
 )
 from peers import (
@@ -147,7 +147,7 @@ def test_destination_down_then_up_gets_every_result_once(tmp_path, spool_root, s
     assert node.wait_study(uid_b, timeout_s=60)["state"] == "done"
     assert node.alive()
 
-    scp = stack.enter_context(StoreSCPOnPort(tmp_path / "sink", sink_port, aet="SINK",
+    scp = stack.enter_context(StoreSCP(tmp_path / "sink", port=sink_port, aet="SINK",
                                              extra_args=UNIQUE_FILENAMES))
     headers = wait_delivered(node, scp, timeout_s=30)
 
@@ -387,9 +387,36 @@ def test_given_up_deliveries_go_out_after_calcnode_retry(tmp_path, spool_root, s
     assert all("gave up after" in d["last_error"] for d in node.query("SELECT last_error FROM deliveries"))
     assert re.search(r"sink: 0 pending, 0 delivered, \d+ failed", node.status().stdout)
 
-    scp = stack.enter_context(StoreSCPOnPort(tmp_path / "sink", sink_port, aet="SINK",
+    scp = stack.enter_context(StoreSCP(tmp_path / "sink", port=sink_port, aet="SINK",
                                              extra_args=UNIQUE_FILENAMES))
     retried = node.cli("retry")
     assert retried.returncode == 0 and f"{len(made)} failed deliveries queued again" in retried.stdout
     headers = wait_delivered(node, scp)
     assert Counter(str(ds.SOPInstanceUID) for ds in headers) == Counter(made)
+
+
+def test_reply_to_sender_destination_gets_only_the_studies_its_ae_sent(tmp_path, spool_root,
+                                                                       start_node, stack):
+    everything = sink_scp(stack, tmp_path, "all")
+    replies = stack.enter_context(StoreSCP(tmp_path / "replies", aet="MODALITY"))
+    destinations = {"all": sink(everything.port),
+                    "modality": {**sink(replies.port, ae_title="MODALITY"), "reply_to_sender": True}}
+    node = start_node(node_config(spool_root, destinations=destinations))
+    own = write_study(tmp_path / "own", seed=891)
+    other = write_study(tmp_path / "other", seed=892)
+    assert storescu(node.ae_title, node.port, own.paths, calling="MODALITY").returncode == 0
+    assert storescu(node.ae_title, node.port, other.paths, calling="ELSEWHERE").returncode == 0
+    for study in (own, other):
+        assert node.wait_study(study.identity.study_instance_uid)["state"] == "done"
+    def arrived():
+        if node.pending_deliveries():
+            return False
+        done = {d["destination"]: d["n"] for d in node.query(
+            "SELECT destination, COUNT(*) AS n FROM deliveries WHERE state = 'done' GROUP BY 1")}
+        return (len(everything.files()), len(replies.files())) == (done["all"], done["modality"])
+
+    wait_for(arrived, 30, "both destinations to have their deliveries")
+    studies = {str(ds.StudyInstanceUID) for ds in received_headers(replies)}
+    assert studies == {own.identity.study_instance_uid}
+    assert {str(ds.StudyInstanceUID) for ds in received_headers(everything)} == {
+        own.identity.study_instance_uid, other.identity.study_instance_uid}
