@@ -94,8 +94,8 @@ class Rejected(Exception):
 # pynetdicom's path unchanged.
 _PEEK_BYTES = 12  # PDU type, reserved, PDU length; PDV item length, context ID, control header
 _P_DATA_TF = 0x04
-_WAIT_FOR_MORE_S = 0.01
-_WRITEBACK_BYTES = 4 << 20  # how long to wait for the next fragment before handing back to pynetdicom
+_WAIT_FOR_MORE_S = 0.01  # how long to wait for the next fragment before handing back to pynetdicom
+_WRITEBACK_BYTES = 4 << 20  # start writing the file to disk every 4 MiB received
 _read_pdu_data = dul.DULServiceProvider._read_pdu_data
 
 
