@@ -120,24 +120,23 @@ def _read_pdu_fast(provider) -> None:
     While such fragments keep arriving (the peer is mid data set), they are read here in a loop:
     returning to pynetdicom's reactor with no event queued would make it sleep 1 ms per PDU.
     """
-    if not _write_fragment(provider):
+    target = _fragment_file(provider)
+    if target is None or not _write_fragment(provider, target):
         return _read_pdu_data(provider)
     sock = provider.socket.socket
+    # Nothing else runs on this thread meanwhile, so the checks of _fragment_file still hold.
     while not provider._kill_thread:
-        if _write_fragment(provider, wait=False):
+        if _write_fragment(provider, target, wait=False):
             continue
         ready, _, _ = select.select([sock], [], [], _WAIT_FOR_MORE_S)
-        if not ready or not _write_fragment(provider):
+        if not ready or not _write_fragment(provider, target):
             return
 
 
-def _write_fragment(provider, wait: bool = True) -> bool:
-    """Read and write one PDU if it is a lone, non-final data set fragment; False if it is not
-    or (``wait`` False) its header has not fully arrived: nothing is read then. A transport
-    failure mid-PDU queues Evt17 as pynetdicom would."""
-    target = _fragment_file(provider)
-    if target is None:
-        return False
+def _write_fragment(provider, target, wait: bool = True) -> bool:
+    """Read one PDU and write it to ``target`` if it is a lone, non-final data set fragment;
+    False if it is not or (``wait`` False) its header has not fully arrived: nothing is read
+    then. A transport failure mid-PDU queues Evt17 as pynetdicom would."""
     sock = provider.socket.socket
     try:
         head = sock.recv(_PEEK_BYTES, socket.MSG_PEEK | (0 if wait else socket.MSG_DONTWAIT))
