@@ -207,7 +207,7 @@ def handlers(spool: Spool, config: Config, clock: Callable[[], float],
     make a study complete.
     """
     return [
-        (evt.EVT_CONN_OPEN, _no_delay),
+        (evt.EVT_CONN_OPEN, _tune_socket, [config.listen.network_timeout_s]),
         (evt.EVT_ACCEPTED, _opened, [spool, clock]),
         (evt.EVT_RELEASED, _closed, [spool, clock, notify, "released"]),
         (evt.EVT_ABORTED, _closed, [spool, clock, notify, "aborted"]),
@@ -217,10 +217,15 @@ def handlers(spool: Spool, config: Config, clock: Callable[[], float],
     ]
 
 
-def _no_delay(event) -> None:
-    # Nagle's algorithm delays the small PDUs of each C-STORE exchange (DIMSE responses).
+def _tune_socket(event, timeout_s: float) -> None:
+    """TCP_NODELAY, because Nagle's algorithm delays the small PDUs of each C-STORE exchange;
+    and a timeout on every receive, because pynetdicom's network timeout only runs between
+    PDUs and an accepted socket is blocking: a peer that stalls in the middle of a PDU would
+    otherwise hold its association (and its slot) for ever."""
     try:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = event.assoc.dul.socket.socket
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(timeout_s)
     except (AttributeError, OSError):
         pass
 

@@ -216,3 +216,34 @@ def test_destination_taking_only_uncompressed_gets_the_same_instances(tmp_path):
         assert not ds.file_meta.TransferSyntaxUID.is_compressed
         if made[ds.SOPInstanceUID] == "sc":
             assert ds.pixel_array.shape[-1] == 3
+
+
+def test_sender_stalling_mid_pdu_loses_its_association_after_the_network_timeout(tmp_path):
+    """pynetdicom's network timeout only runs between PDUs; the node also bounds each receive,
+    so a peer that stops halfway through a PDU does not hold its slot for ever."""
+    timeout_s = 2
+    settings = config(tmp_path, listen={"network_timeout_s": timeout_s, "max_associations": 1})
+    with NodeProcess(tmp_path, settings) as node:
+        ae = AE(ae_title="STALLER")
+        ae.add_requested_context(sop_class.DigitalMammographyXRayImageStorageForPresentation)
+
+        def associated():  # the readiness check's association may still hold the one slot
+            assoc = ae.associate("127.0.0.1", node.port, ae_title="CALCNODE")
+            return assoc if assoc.is_established else None
+
+        assoc = wait_for(associated, 10, "an association")
+        sock = assoc.dul.socket.socket
+        assoc.dul._kill_thread = True  # our side stops reading: the raw socket is the test's
+        assoc.dul.join(timeout=5)
+        sock.sendall(b"\x04\x00" + (1000).to_bytes(4, "big") + b"\x00" * 100)  # 106 of 1006 bytes
+        stalled_at = time.monotonic()
+        sock.settimeout(timeout_s + 30)
+        try:
+            while sock.recv(65536):
+                pass  # the node may send an A-ABORT before it closes
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - stalled_at < timeout_s + 10
+        sock.close()
+        # the one association slot is freed (the association's threads wind down first)
+        wait_for(lambda: echoscu("CALCNODE", node.port).returncode == 0, 10, "the slot to be free")
