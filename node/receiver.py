@@ -165,15 +165,20 @@ def _write_fragment(provider, target, wait: bool = True) -> bool:
         provider.event_queue.put("Evt17")  # transport closed mid-PDU
         return True
     target.write(view[_PEEK_BYTES:size])
-    provider.calcnode_unflushed = getattr(provider, "calcnode_unflushed", 0) + size
-    if provider.calcnode_unflushed >= _WRITEBACK_BYTES:
-        # Start writing to disk now, while the rest arrives, so that the fsync before Success
-        # waits for the tail only (Linux starts asynchronous writeback on DONTNEED).
-        # The first MiB stays cached: the handler reads the header from it right after.
-        target.flush()
-        os.posix_fadvise(target.fileno(), 1 << 20, 0, os.POSIX_FADV_DONTNEED)
-        provider.calcnode_unflushed = 0
+    _start_writeback(target)
     return True
+
+
+def _start_writeback(target) -> None:
+    """Every ``_WRITEBACK_BYTES``, start writing what arrived since to disk, so that the fsync
+    before Success waits for the tail only (Linux starts asynchronous writeback of the range on
+    POSIX_FADV_DONTNEED). The first MiB stays cached: the handler reads the header from it."""
+    end = target.tell()
+    done = max(getattr(target, "calcnode_advised", 0), 1 << 20)
+    if end - done >= _WRITEBACK_BYTES:
+        target.flush()
+        os.posix_fadvise(target.fileno(), done, end - done, os.POSIX_FADV_DONTNEED)
+        target.calcnode_advised = end
 
 
 def build_ae(config: Config) -> AE:
