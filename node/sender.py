@@ -99,12 +99,19 @@ def _store(assoc, job: OutboxJob, meta) -> StoreResult:
     if not accepted:
         name = getattr(sop_class.uid_to_sop_class(job.sop_class_uid), "__name__", job.sop_class_uid)
         return StoreResult(StoreOutcome.PERMANENT, None, f"destination does not accept {name}")
-    try:
-        dataset = job.path
-        if str(meta.TransferSyntaxUID) not in accepted:
+    dataset = job.path
+    if str(meta.TransferSyntaxUID) not in accepted:
+        # the peer took another syntax for this SOP class: hand pynetdicom a dataset it can
+        # re-encode (Explicit -> Implicit VR), decoded first when compressed; lossless, so it is
+        # the same instance and keeps its UID
+        try:
             dataset = pydicom.dcmread(job.path)
-            # only uncompressed was accepted for this SOP class; lossless, so the same instance
-            dataset.decompress(generate_instance_uid=False)
+            if dataset.file_meta.TransferSyntaxUID.is_compressed:
+                dataset.decompress(generate_instance_uid=False)
+        except (OSError, ValueError, AttributeError, RuntimeError,
+                pydicom.errors.InvalidDicomError) as exc:
+            return StoreResult(StoreOutcome.PERMANENT, None, f"cannot convert for this destination: {exc}")
+    try:
         status = assoc.send_c_store(dataset)
     except (OSError, ValueError, AttributeError, RuntimeError) as exc:
         return StoreResult(StoreOutcome.TRANSIENT, None, f"C-STORE failed: {exc}")

@@ -233,10 +233,6 @@ class Spool:
             db.execute("UPDATE associations SET ended_at = ?, outcome = ? WHERE id = ?"
                        " AND ended_at IS NULL", (now, outcome, association_id))
 
-    def is_own_output(self, sop_instance_uid: str) -> bool:
-        row = self.db().execute("SELECT 1 FROM outputs WHERE sop_uid = ?", (sop_instance_uid,))
-        return row.fetchone() is not None
-
     def study_counts(self) -> dict[str, int]:
         rows = self.db().execute("SELECT state, COUNT(*) FROM studies GROUP BY state")
         return {state.value: 0 for state in StudyState} | {r[0]: r[1] for r in rows}

@@ -196,12 +196,14 @@ def dataset_bytes(path: Path) -> bytes:
     return path.read_bytes()[offset:]
 
 
-def test_destination_taking_only_uncompressed_gets_the_same_instances(tmp_path):
-    """The overlays are JPEG-LS; a PACS that accepts only uncompressed data gets them decoded,
-    with the SOP Instance UIDs the node recorded (lossless, so the same instances)."""
+@pytest.mark.parametrize("accept", [None, "+xi"], ids=["uncompressed", "implicit-only"])
+def test_destination_taking_only_uncompressed_gets_the_same_instances(tmp_path, accept):
+    """The overlays are JPEG-LS and the SR Explicit VR; a PACS that accepts only uncompressed
+    data (or only Implicit VR Little Endian) gets them converted, with the SOP Instance UIDs the
+    node recorded (lossless, so the same instances)."""
     require(STORESCU)
     study = write_study(tmp_path / "study", 4606)
-    with StoreSCP(tmp_path / "sink", aet="SINK", accept=None) as scp:
+    with StoreSCP(tmp_path / "sink", aet="SINK", accept=accept) as scp:
         sink = {"sink": {"ae_title": "SINK", "host": "127.0.0.1", "port": scp.port}}
         with NodeProcess(tmp_path, config(tmp_path, destinations=sink)) as node:
             assert storescu("CALCNODE", node.port, study.paths).returncode == 0

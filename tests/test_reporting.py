@@ -17,7 +17,6 @@ from node.model import (
     Calcification, Cluster, CompositeFinding, Distribution, Equipment, ImageFailure,
     ImageFindings, Morphology, SourceRef, StudyFindings,
 )
-from node.reporting import codes as C
 from node.reporting.gsps import build_gsps
 from node.reporting.overlay import build_overlay_sc, font_size_px
 from node.reporting.sr import build_cad_sr
