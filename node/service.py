@@ -102,11 +102,10 @@ class Service:
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["node.worker"])
-        pool = ProcessPoolExecutor(worker_count(self.config), mp_context=context,
+        return ProcessPoolExecutor(worker_count(self.config), mp_context=context,
                                    initializer=worker.init_process,
                                    initargs=(logging.getLogger().getEffectiveLevel(),),
                                    max_tasks_per_child=50)
-        return pool
 
     def _schedule(self) -> None:
         deadline = None
@@ -147,8 +146,8 @@ class Service:
         try:
             future = self._pool.submit(worker.run_analysis, task, self.config, str(folder),
                                        self.config.storage.fsync)
-        except (RuntimeError, OSError) as exc:  # e.g. a broken pool: the study goes back in line
-            self.spool.release(task.study_instance_uid, self.config.study.max_attempts + 1, str(exc))
+        except (RuntimeError, OSError) as exc:  # a broken pool: handled like a worker that died
+            self.spool.release(task.study_instance_uid, self.config.study.max_attempts, str(exc))
             self._replace_pool()
             raise
         future.add_done_callback(lambda f: self._wake.set())
