@@ -6,9 +6,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests talk to: DCMTK (dsrdump, dcmp2pgm, storescu ...), dicom3tools
 # (dciodvfy) and Orthanc (a PACS peer; the tests start their own instances on free loopback
-# ports and never use the service the package may start). Each entry is "package:binary that
-# proves it is installed".
-DEBS   := dcmtk:/usr/bin/dsrdump dicom3tools:/usr/bin/dciodvfy orthanc:/usr/sbin/Orthanc
+# ports and never use the service the package may start), and Chromium with its WebDriver for the
+# dashboard test (the installed browser, driven by Selenium; never a downloaded build). Each
+# entry is "package:binary that proves it is installed".
+DEBS   := dcmtk:/usr/bin/dsrdump dicom3tools:/usr/bin/dciodvfy orthanc:/usr/sbin/Orthanc \
+          chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test run venv tools bench clean

@@ -114,6 +114,46 @@ class DestinationConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The dashboard, ``/metrics``, ``/healthz`` and ``/readyz`` (web.py)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=_range(1, 65535))
+    token: str = ""
+    show_patient_identity: bool = False
+
+
+@dataclass(frozen=True)
+class HL7Config:
+    """HL7 v2 ORU^R01 over MLLP to a RIS / reading worklist; ``host`` empty = off."""
+
+    host: str = ""
+    port: int = field(default=2575, metadata=_range(1, 65535))
+    sending_application: str = "CALCNODE"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    timeout_s: float = field(default=30.0, metadata=_range(1, 3600))
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """A JSON POST per analysed study; ``url`` empty = off."""
+
+    url: str = ""
+    timeout_s: float = field(default=30.0, metadata=_range(1, 3600))
+
+
+@dataclass(frozen=True)
+class WorklistConfig:
+    """Notices per analysed study for the reading worklist (notices.py)."""
+
+    hl7: HL7Config = HL7Config()
+    webhook: WebhookConfig = WebhookConfig()
+
+
+@dataclass(frozen=True)
 class Config:
     listen: ListenConfig = ListenConfig()
     storage: StorageConfig = StorageConfig()
@@ -125,6 +165,8 @@ class Config:
     reporting: ReportingConfig = ReportingConfig()
     outputs: tuple[str, ...] = field(default=OUTPUT_KINDS, metadata={"choices": OUTPUT_KINDS})
     destinations: dict[str, DestinationConfig] = field(default_factory=dict)
+    web: WebConfig = WebConfig()
+    worklist: WorklistConfig = WorklistConfig()
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -171,14 +171,23 @@ def _write_fragment(provider, target, wait: bool = True) -> bool:
 
 def _start_writeback(target) -> None:
     """Every ``_WRITEBACK_BYTES``, start writing what arrived since to disk, so that the fsync
-    before Success waits for the tail only (Linux starts asynchronous writeback of the range on
-    POSIX_FADV_DONTNEED). The first MiB stays cached: the handler reads the header from it."""
+    before Success waits for the tail only (Linux starts asynchronous writeback of a range on
+    POSIX_FADV_DONTNEED), and drop the range before it from the page cache: it was written
+    back meanwhile. The page cache then stays a few MiB per association and its pages are
+    reused, instead of growing by every byte received (new pages cost far more to write into
+    on this kind of virtual machine; see docs/benchmarks.md). The first MiB stays cached: the
+    handler reads the header from it."""
     end = target.tell()
-    done = max(getattr(target, "calcnode_advised", 0), 1 << 20)
-    if end - done >= _WRITEBACK_BYTES:
+    started = max(getattr(target, "calcnode_started", 0), 1 << 20)
+    if end - started >= _WRITEBACK_BYTES:
         target.flush()
-        os.posix_fadvise(target.fileno(), done, end - done, os.POSIX_FADV_DONTNEED)
-        target.calcnode_advised = end
+        fd = target.fileno()
+        os.posix_fadvise(fd, started, end - started, os.POSIX_FADV_DONTNEED)
+        dropped = max(getattr(target, "calcnode_dropped", 0), 1 << 20)
+        if started > dropped:
+            os.posix_fadvise(fd, dropped, started - dropped, os.POSIX_FADV_DONTNEED)
+        target.calcnode_dropped = started
+        target.calcnode_started = end
 
 
 def build_ae(config: Config) -> AE:

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS studies (
     sr_uid TEXT, sr_series_uid TEXT          -- the latest SR, which a re-analysis supersedes
 );
 CREATE INDEX IF NOT EXISTS studies_state ON studies(state);
+CREATE INDEX IF NOT EXISTS studies_recent ON studies(last_at);  -- the dashboard's pages
 CREATE TABLE IF NOT EXISTS instances (
     sop_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,
@@ -97,6 +98,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (output_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, state, next_at);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state);
+CREATE INDEX IF NOT EXISTS outputs_study ON outputs(study_uid);
 """
 
 
@@ -113,6 +116,9 @@ def place_file(source: Path, target: Path, fsync: bool) -> None:
     if fsync:
         with open(source, "rb") as handle:
             os.fsync(handle.fileno())
+            # Clean now, and read once by a worker later: drop it from the page cache, so
+            # received images do not grow it by gigabytes (see receiver._start_writeback).
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     try:
         os.replace(source, target)
     except OSError as exc:
