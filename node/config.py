@@ -36,6 +36,24 @@ def _range(lo=None, hi=None, **extra):
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    """DICOM TLS (PS3.15 B.1) on the listener or towards one destination; off unless enabled.
+
+    ``certificate`` / ``private_key``: our PEM files (required on the listener; on a
+    destination they authenticate us as a client). ``ca_certificates``: the PEM bundle trusted
+    for the peer (client certificates on the listener; the destination's certificate on a
+    destination, where an empty value means the system's trust store).
+    ``require_client_certificate`` (listener only): refuse clients without a certificate
+    signed by ``ca_certificates``."""
+
+    enabled: bool = False
+    certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    require_client_certificate: bool = False
+
+
+@dataclass(frozen=True)
 class ListenConfig:
     """The C-STORE / C-ECHO SCP (receiver.py)."""
 
@@ -43,12 +61,14 @@ class ListenConfig:
     host: str = "127.0.0.1"
     port: int = field(default=11112, metadata=_range(1, 65535))
     allowed_calling_ae_titles: tuple[str, ...] = field(default=(), metadata=AE_META)
+    allowed_hosts: tuple[str, ...] = ()
     max_associations: int = field(default=16, metadata=_range(1, 1000))
     max_pdu_bytes: int = field(default=131072, metadata=_range(4096, 16777216))
     acse_timeout_s: float = field(default=30.0, metadata=_range(1, 3600))
     dimse_timeout_s: float = field(default=60.0, metadata=_range(1, 3600))
     network_timeout_s: float = field(default=60.0, metadata=_range(1, 3600))
     shutdown_grace_s: float = field(default=10.0, metadata=_range(0, 600))
+    tls: TLSConfig = TLSConfig()
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,7 @@ class DestinationConfig:
     reply_to_sender: bool = False
     timeout_s: float = field(default=30.0, metadata=_range(1, 3600))
     max_pdu_bytes: int = field(default=131072, metadata=_range(4096, 16777216))
+    tls: TLSConfig = TLSConfig()
 
 
 @dataclass(frozen=True)
