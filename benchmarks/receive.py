@@ -206,6 +206,7 @@ def write_config(path: Path, port: int, spool: Path, study: dict, workers: int,
         f"storage: {flow(dict(path=str(spool), fsync='true', min_free_mb=100))}",
         f"study: {flow(study)}",
         f"workers: {workers}",
+        "web: {enabled: false}",
         "destinations: {}" if not destinations else "destinations:",
     ]
     for name, dest in destinations.items():

@@ -179,10 +179,12 @@ def _status(args) -> int:
 
 
 def _retry(args) -> int:
+    from node import notices
     from node.outbox import Outbox
 
     config, spool = _open_spool(args.config)
-    if args.destination and args.destination not in config.destinations:
+    known = (*config.destinations, *notices.destinations(config.worklist))
+    if args.destination and args.destination not in known:
         print(f"no destination {args.destination!r} in the config", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -2,7 +2,10 @@
 
 One thread per destination, so a destination that is down never holds back the others (nor the
 receiver, which shares nothing with these threads but the database). Each pass takes the due
-jobs of its destination in order of creation and sends them in one association. The policy is a
+jobs of its destination in order of creation and hands them to that destination's send function:
+C-STORE in one association for a DICOM destination (``sender.send_files``), MLLP or HTTP for the
+worklist notices (``notices.senders``, passed in as ``channels``). Every send function returns
+one StoreResult per job, so one policy serves them all. The policy is a
 pure function, ``decide``: success -> done; transient failure -> retry after an exponential
 backoff with jitter, for as long as ``retry.max_age_h`` allows since the output was made, then
 failed; permanent failure -> failed at once with the reason. Pending deliveries live in the
@@ -11,14 +14,16 @@ database, so they survive restarts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from node.config import Config, DestinationConfig, RetryConfig
+from node.errors import ConfigError
 from node.model import OutboxJob, StoreOutcome, StoreResult
 from node.outbox import Outbox
 
@@ -28,6 +33,7 @@ POLL_S = 2.0  # picks up `calcnode retry` and other processes' changes at least 
 JITTER = 0.2  # +-20 % so that many nodes do not retry in lockstep
 
 Sender = Callable[[DestinationConfig, Sequence[OutboxJob], str], list[StoreResult]]
+Deliver = Callable[[Sequence[OutboxJob]], list[StoreResult]]  # one destination's jobs -> results
 
 
 @dataclass(frozen=True)
@@ -58,19 +64,27 @@ def decide(job: OutboxJob, result: StoreResult, now: float, retry: RetryConfig,
 
 class Dispatcher:
     def __init__(self, config: Config, outbox: Outbox, send: Sender,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 channels: Mapping[str, Deliver] | None = None):
+        """``send`` C-STOREs to the DICOM destinations of the config; ``channels`` are further
+        destinations by name with their own send function (the worklist notices)."""
         self.config = config
         self.outbox = outbox
-        self.send = send
         self.clock = clock
         self.rng = rng or random.Random()
+        clash = sorted(set(config.destinations) & set(channels or {}))
+        if clash:
+            raise ConfigError([f"destinations.{clash[0]}: the name is reserved for worklist notices"])
+        self._deliver: dict[str, Deliver] = {
+            name: functools.partial(send, dest, calling_ae=config.listen.ae_title)
+            for name, dest in config.destinations.items()} | dict(channels or {})
         self._stop = threading.Event()
-        self._wake = {name: threading.Event() for name in config.destinations}
+        self._wake = {name: threading.Event() for name in self._deliver}
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for name, dest in self.config.destinations.items():
-            thread = threading.Thread(target=self._run, args=(name, dest), name=f"dispatch-{name}",
+        for name in self._deliver:
+            thread = threading.Thread(target=self._run, args=(name,), name=f"dispatch-{name}",
                                       daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -86,11 +100,11 @@ class Dispatcher:
         for thread in self._threads:
             thread.join(timeout_s)
 
-    def _run(self, name: str, dest: DestinationConfig) -> None:
+    def _run(self, name: str) -> None:
         wake = self._wake[name]
         while not self._stop.is_set():
             try:
-                sent = self.deliver_due(name, dest)
+                sent = self.deliver_due(name)
             except Exception:  # a bug or a database error must not end deliveries for good
                 log.exception("destination %s: delivery pass failed", name)
                 sent = 0
@@ -101,12 +115,12 @@ class Dispatcher:
             wake.wait(wait_s)
             wake.clear()
 
-    def deliver_due(self, name: str, dest: DestinationConfig) -> int:
+    def deliver_due(self, name: str) -> int:
         """Send what is due for one destination now; returns how many jobs were attempted."""
         jobs = self.outbox.due(name, self.clock())
         if not jobs:
             return 0
-        results = self.send(dest, jobs, self.config.listen.ae_title)
+        results = self._deliver[name](jobs)
         for job, result in zip(jobs, results):
             self._record(job, result)
         return len(jobs)

@@ -1,7 +1,7 @@
 """The outbox: one row per (output, destination) in the spool's database, and its queries.
 
-A delivery is ``pending`` until a C-STORE of it succeeds (``done``) or it fails for good
-(``failed``, with the reason). Jobs of one destination are sent in order of creation; when one
+A delivery is ``pending`` until it succeeds (``done``: a C-STORE, or for a worklist notice an
+HL7 ACK or a 2xx answer) or fails for good (``failed``, with the reason). Jobs of one destination are sent in order of creation; when one
 fails for a transient reason the whole destination waits (``next_at``), so a PACS that comes
 back gets results in the order they were made.
 """
@@ -73,6 +73,13 @@ class Outbox:
             args += (destination,)
         with self.spool.transaction() as db:
             return db.execute(query, args).rowcount
+
+    def requeue_delivery(self, delivery_id: int, now: float) -> bool:
+        """The dashboard's Retry button: one failed delivery, as ``requeue_failed`` does."""
+        with self.spool.transaction() as db:
+            return db.execute("UPDATE deliveries SET state = ?, attempts = 0, next_at = ?,"
+                              " created_at = ?, done_at = NULL WHERE id = ? AND state = ?",
+                              (PENDING, now, now, delivery_id, FAILED)).rowcount == 1
 
     def summary(self) -> list[DestinationSummary]:
         db = self.spool.db()

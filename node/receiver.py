@@ -33,6 +33,7 @@ from pynetdicom import AE, dul, evt, sop_class
 from node import images
 from node.config import Config
 from node.errors import SpoolError
+from node.metrics import record_refused
 from node.model import InstanceRecord, Role, View
 from node.reporting.uids import is_valid_uid
 from node.spool import Spool
@@ -285,10 +286,13 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int:
     except Rejected as exc:
         log.warning("refused instance %s from %s: status 0x%04X %s",
                     event.request.AffectedSOPInstanceUID, assoc.requestor.ae_title, exc.status, exc)
+        record_refused(spool, str(event.request.AffectedSOPClassUID), exc.status)
         return exc.status
     except (SpoolError, OSError) as exc:
         log.error("could not keep instance %s: %s", event.request.AffectedSOPInstanceUID, exc)
-        return OUT_OF_RESOURCES if _disk_full(exc) else PROCESSING_FAILURE
+        status = OUT_OF_RESOURCES if _disk_full(exc) else PROCESSING_FAILURE
+        record_refused(spool, str(event.request.AffectedSOPClassUID), status)
+        return status
     kind = "image" if record.role is Role.IMAGE else "kept, not analysed"
     log.info("stored study=%s sop=%s class=%s from=%s bytes=%d (%s)", record.study_instance_uid,
              record.sop_instance_uid, record.sop_class_uid, record.calling_ae, size, kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from node import notices
 from node.config import Config
 from node.outbox import Outbox
 from node.spool import Spool
@@ -26,10 +27,11 @@ def report(spool: Spool, config: Config, now: float, recent: int = 10) -> list[s
         best = "" if r["highest_certainty"] is None else f" highest={r['highest_certainty']:.0f}"
         why = f" ({r['reason']})" if r["reason"] and r["state"] == "failed" else ""
         lines.append(f"  {when} {r['state']:<9} {r['study_uid']} from {r['calling_ae']}{found}{best}{why}")
-    lines.append("outbox:" if config.destinations else
+    configured = set(config.destinations) | set(notices.destinations(config.worklist))
+    lines.append("outbox:" if configured else
                  "outbox: no destination configured; outputs stay in " + str(spool.outputs))
     summaries = {s.destination: s for s in Outbox(spool).summary()}
-    for name in sorted(set(config.destinations) | set(summaries)):
+    for name in sorted(configured | set(summaries)):
         s = summaries.get(name)
         if s is None:
             lines.append(f"  {name}: nothing queued yet")

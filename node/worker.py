@@ -3,7 +3,8 @@
 Detection is CPU-bound and holds the GIL, so it runs in separate processes (service.py) and the
 receiver's threads are never starved. ``run_analysis`` reads the study's files from the spool,
 calls ``pipeline.analyse_study`` and writes the outputs durably under the spool's ``outputs/``
-folder; the parent process records them in the database. An exception here marks only this
+folder, with a worklist notice when the worklist is on (notices.py); the parent process records
+them in the database. An exception here marks only this
 study failed.
 """
 
@@ -12,12 +13,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from node import notices
 from node.batch import write_outputs
 from node.config import Config
 from node.errors import UnusableImageError
@@ -49,6 +51,11 @@ def run_analysis(task: AnalysisTask, config: Config, output_folder: str, fsync: 
         OutputFile(kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID), str(path))
         for (kind, ds), path in zip(result.outputs, written))
     findings = result.findings
+    if findings.images and notices.destinations(config.worklist):  # none when nothing was analysed
+        notice = notices.make_notice(datasets[0], findings.cluster_count, findings.highest_certainty,
+                                     datetime.now(timezone.utc), corrected=task.predecessor is not None,
+                                     uid_root=config.reporting.uid_root)
+        outputs += (notices.write_notice(notice, Path(output_folder), fsync),)
     notes += [f"{f.source.sop_instance_uid}: {f.reason}" for f in findings.failures]
     notes += [f"{s.sop_instance_uid}: not analysed: {s.reason}" for s in result.skipped]
     return AnalysisOutcome(

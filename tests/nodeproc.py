@@ -41,8 +41,8 @@ MAMMO_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"
 
 def node_config(tmp_dir: str | Path, *, port: int | None = None,
                 destinations: dict | None = None, **sections) -> dict:
-    """The fault tests' config: loopback on a free port, the spool ``<tmp_dir>/spool``, quick
-    completion and retries. ``sections`` override keys (dicts are merged one level deep)."""
+    """The fault tests' config: loopback on free ports (DICOM and web), the spool
+    ``<tmp_dir>/spool``, quick completion and retries. ``sections`` override keys (dicts are merged one level deep)."""
     config = {
         "listen": {"ae_title": "CALCNODE", "host": LOOPBACK, "port": port or free_port()},
         "storage": {"path": str(Path(tmp_dir) / "spool"), "min_free_mb": 0},
@@ -50,6 +50,7 @@ def node_config(tmp_dir: str | Path, *, port: int | None = None,
         "workers": 2,
         "retry": {"initial_delay_s": 0.5, "max_delay_s": 2, "max_age_h": 1},
         "destinations": destinations or {},
+        "web": {"port": free_port()},  # never the default 8080: tests run side by side
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
@@ -98,6 +99,10 @@ class NodeProcess:
     def spool(self) -> Path:
         path = Path(self.config["storage"]["path"])
         return path if path.is_absolute() else REPO / path
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.config['web']['port']}"
 
     @property
     def db_path(self) -> Path:

@@ -158,6 +158,7 @@ def test_sr_without_findings_says_succeeded():
     sr = roundtrip(build_cad_sr(sources_of(images), study, EQUIPMENT, NOW))
     assert check_cad_sr(sr, sources_of(images)) == []
     assert root_values(sr) == ("111241", "111222", "111225")
+    assert sr.SeriesDescription == "calcnode CAD: NOT SUSPICIOUS"
     assert "ContentSequence" not in sr.ContentSequence[2]
     performed = sr.ContentSequence[3].ContentSequence[0].ContentSequence[0]
     refs = [list(c.ReferencedContentItemIdentifier) for c in performed.ContentSequence
@@ -187,6 +188,7 @@ def test_sr_total_failure():
     sr = build_cad_sr(sources_of(images), study, EQUIPMENT, NOW)
     assert check_cad_sr(sr, sources_of(images)) == []
     assert root_values(sr) == ("111245", "111224", "111225")
+    assert sr.SeriesDescription == "calcnode CAD: analysis failed"
     assert [concept(c) for c in sr.ContentSequence[3].ContentSequence] == ["111025"]
 
 
@@ -217,7 +219,8 @@ def test_sr_refuses_mixed_studies_and_missing_sources():
 def test_sr_series_and_attributes():
     images, study = make_study()
     sr = build_cad_sr(sources_of(images), study, EQUIPMENT, NOW)
-    assert (sr.Modality, sr.SeriesNumber, sr.SeriesDescription) == ("SR", 900, "CAD results")
+    assert (sr.Modality, sr.SeriesNumber) == ("SR", 900)
+    assert sr.SeriesDescription == "calcnode CAD: SUSPICIOUS, 2 clusters"
     assert (sr.ContentDate, sr.ContentTime) == ("20260102", "103000")
     assert (sr.ManufacturerModelName, sr.SoftwareVersions) == ("calcnode", "0.1.0")
     assert sr.SeriesInstanceUID != images[0].SeriesInstanceUID
@@ -269,7 +272,7 @@ def test_overlay_sc_attributes_and_ring():
                                     instance_number=2))
     assert check_sc(sc, source) == []
     assert sc.SeriesNumber == 901 and sc.InstanceNumber == 2
-    assert sc.SeriesDescription == "CAD overlay - not for primary diagnosis"
+    assert sc.SeriesDescription == "calcnode CAD overlay: SUSPICIOUS - not for primary diagnosis"
     assert list(sc.PatientOrientation) == ["P", "FL"]
     assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
     rgb = sc.pixel_array

@@ -25,6 +25,9 @@ PATIENT_STUDY_OPTIONAL = (
 )
 IDENTITY_KEYWORDS = ("StudyInstanceUID",) + PATIENT_STUDY_TYPE2 + PATIENT_STUDY_OPTIONAL
 
+SUSPICIOUS, NOT_SUSPICIOUS = "SUSPICIOUS", "NOT SUSPICIOUS"
+DESCRIPTION_MAX_CHARS = 64  # SeriesDescription is LO
+
 # Distance between a cluster's enclosing circle and the drawn ring, so the mark does not hide
 # the specks it points at.
 MARK_MARGIN_MM = 2.0
@@ -42,6 +45,19 @@ def common_source(sources: Iterable[Dataset]) -> Dataset:
             if other.get(keyword) != first.get(keyword):
                 raise ReportError(f"source images disagree on {keyword}; refusing to mix studies")
     return first
+
+
+def flag_text(clusters: int) -> str:
+    """The study-level result a worklist shows: any reported cluster makes it SUSPICIOUS."""
+    return SUSPICIOUS if clusters > 0 else NOT_SUSPICIOUS
+
+
+def result_description(model_name: str, clusters: int) -> str:
+    """e.g. "calcnode CAD: SUSPICIOUS, 2 clusters" or "calcnode CAD: NOT SUSPICIOUS"."""
+    text = f"{model_name} CAD: {flag_text(clusters)}"
+    if clusters > 0:
+        text += f", {clusters} cluster{'' if clusters == 1 else 's'}"
+    return text[:DESCRIPTION_MAX_CHARS]
 
 
 def copy_identity(target: Dataset, source: Dataset) -> None:

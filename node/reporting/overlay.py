@@ -20,12 +20,13 @@ from node.errors import ReportError
 from node.model import Equipment, ImageFindings
 from node.reporting import codes as C
 from node.reporting.common import (
-    copy_identity, mark_radius_px, set_creation_time, set_equipment, spacing_mm,
+    DESCRIPTION_MAX_CHARS, copy_identity, flag_text, mark_radius_px, set_creation_time,
+    set_equipment, spacing_mm,
 )
 from node.reporting.uids import derive_uid
 
 SERIES_NUMBER = 901
-SERIES_DESCRIPTION = "CAD overlay - not for primary diagnosis"
+DISCLAIMER = " - not for primary diagnosis"
 DERIVATION = "CAD marks burned into a windowed copy of the source image"
 MARK_RGB = (255, 255, 0)
 OUTLINE_RGB = (0, 0, 0)
@@ -40,6 +41,16 @@ def label_text(certainty: float) -> str:
 def legend_text(equipment: Equipment, n_clusters: int) -> str:
     return (f"{equipment.model_name} {equipment.software_version} CAD marks - "
             f"{n_clusters} cluster(s) - not for primary diagnosis")
+
+
+def series_description(equipment: Equipment, findings: ImageFindings) -> str:
+    """e.g. "calcnode CAD overlay: SUSPICIOUS - not for primary diagnosis" (the disclaimer only
+    when it fits in 64 characters). Every image of the series has clusters, so the flag holds for
+    the whole series."""
+    text = f"{equipment.model_name} CAD overlay: {flag_text(len(findings.clusters))}"
+    if len(text + DISCLAIMER) <= DESCRIPTION_MAX_CHARS:
+        text += DISCLAIMER
+    return text[:DESCRIPTION_MAX_CHARS]
 
 
 def font_size_px(rows: int, cols: int) -> int:
@@ -190,7 +201,7 @@ def build_overlay_sc(source: Dataset, display: np.ndarray, findings: ImageFindin
     set_equipment(sc, equipment)
     set_creation_time(sc, now)
     _copy_anatomy(sc, source)
-    sc.SeriesDescription = SERIES_DESCRIPTION
+    sc.SeriesDescription = series_description(equipment, findings)
     sc.ConversionType = "WSD"  # highdicom writes DI (digital interface); this is a workstation
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = DERIVATION

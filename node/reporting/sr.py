@@ -21,14 +21,13 @@ from node.errors import ReportError
 from node.model import Cluster, CompositeFinding, Equipment, SourceRef, StudyFindings
 from node.reporting import codes as C
 from node.reporting.common import (
-    check_encodable, common_source, copy_identity, dicom_date, dicom_time, set_equipment,
-    spacing_mm, to_dicom_xy,
+    DESCRIPTION_MAX_CHARS, check_encodable, common_source, copy_identity, dicom_date, dicom_time,
+    result_description, set_equipment, spacing_mm, to_dicom_xy,
 )
 from node.reporting.uids import derive_uid
 
 MAMMOGRAPHY_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"
 SERIES_NUMBER = 900
-SERIES_DESCRIPTION = "CAD results"
 LIBRARY_PATH = (1, 2)
 ACQ, PROP = "HAS ACQ CONTEXT", "HAS PROPERTIES"
 OUTLINE_VERTICES = 24
@@ -378,7 +377,7 @@ def build_cad_sr(sources: Mapping[str, Dataset], findings: StudyFindings, equipm
     ds.Modality = "SR"
     ds.SeriesInstanceUID = derive_uid("sr-series", uids, equipment)
     ds.SeriesNumber = SERIES_NUMBER
-    ds.SeriesDescription = SERIES_DESCRIPTION
+    ds.SeriesDescription = _series_description(findings, equipment)
     ds.ReferencedPerformedProcedureStepSequence = []
     set_equipment(ds, equipment)
     ds.InstanceNumber = 1
@@ -395,6 +394,13 @@ def build_cad_sr(sources: Mapping[str, Dataset], findings: StudyFindings, equipm
         ds.add(element)
     _add_file_meta(ds)
     return ds
+
+
+def _series_description(findings: StudyFindings, equipment: Equipment) -> str:
+    """The result in words, for worklists and study browsers that list series descriptions."""
+    if not findings.images:  # no image could be analysed: "NOT SUSPICIOUS" would mislead
+        return f"{equipment.model_name} CAD: analysis failed"[:DESCRIPTION_MAX_CHARS]
+    return result_description(equipment.model_name, findings.cluster_count)
 
 
 def _add_file_meta(ds: Dataset) -> None:
