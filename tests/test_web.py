@@ -33,7 +33,8 @@ from node.errors import ConfigError
 from node.metrics import new_registry, record_refused
 from node.spool import Spool
 from node.testing.study import write_study
-from node.web import PAGE_SIZE, WebServer, check_config
+from node.pages import PAGE_SIZE
+from node.web import WebServer, check_config
 from nodeproc import NodeProcess, node_config, sink, store_responses
 from peers import ECHOSCU, LOOPBACK, STORESCU, free_port, require, storescu, wait_for
 
