@@ -101,6 +101,27 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, state, next_at);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state);
 CREATE INDEX IF NOT EXISTS outputs_study ON outputs(study_uid);
+-- The audit trail of deliveries, append-only: a row per attempt (delivered, retry, failed),
+-- written by the trigger below whenever a delivery's attempt count goes up, whoever counts it.
+-- (Associations, refused ones included, are the rows of the associations table.)
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    delivery_id INTEGER NOT NULL,
+    output_uid TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS deliveries_attempted AFTER UPDATE OF attempts ON deliveries
+WHEN NEW.attempts > OLD.attempts BEGIN
+    INSERT INTO delivery_attempts (at, delivery_id, output_uid, destination, attempt, outcome, detail)
+    VALUES (COALESCE(NEW.done_at, (julianday('now') - 2440587.5) * 86400.0), NEW.id,
+            NEW.output_uid, NEW.destination, NEW.attempts,
+            CASE NEW.state WHEN 'done' THEN 'delivered' WHEN 'failed' THEN 'failed' ELSE 'retry' END,
+            NEW.last_error);
+END;
 """
 
 
@@ -173,6 +194,10 @@ class Spool:
             db = self.db()
             had_tables = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'instances'").fetchone()
             db.executescript(SCHEMA)
+        for suffix in ("", "-wal", "-shm"):  # made before the node's umask 077 (`calcnode status`)
+            path = self.root / f"{DB_NAME}{suffix}"
+            if path.exists():
+                path.chmod(0o600)  # SQLite gives a new -wal / -shm the database file's mode
         self.needs_rebuild = bool(repair and not had_tables and next(self.instance_files(), None))
         return self
 
@@ -279,6 +304,14 @@ class Spool:
         with self.transaction() as db:
             db.execute("UPDATE associations SET ended_at = ?, outcome = ? WHERE id = ?"
                        " AND ended_at IS NULL", (now, outcome, association_id))
+
+    def association_refused(self, association_id: str, calling_ae: str, called_ae: str,
+                            address: str, now: float, outcome: str) -> None:
+        """An association that never opened (rejected, failed TLS handshake): its audit record."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO associations (id, calling_ae, called_ae, address,"
+                       " started_at, ended_at, outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (association_id, calling_ae, called_ae, address, now, now, outcome))
 
     def study_counts(self) -> dict[str, int]:
         rows = self.db().execute("SELECT state, COUNT(*) FROM studies GROUP BY state")

@@ -1,8 +1,8 @@
 """The dashboard, ``/metrics``, ``/healthz`` and ``/readyz``, served by the node itself.
 
 The standard library's ThreadingHTTPServer (one daemon thread per request), serving the
-server-rendered HTML of pages.py, where every value passes through ``html.escape``. Each request reads the state database
-on a connection of its own, closed when the request ends. Pages:
+server-rendered HTML of pages.py, where every value passes through ``html.escape``. Each
+request reads the state database on a connection of its own, closed when it ends. Pages:
 
     /                                   recent studies (paginated), queues, free disk, version
     /study/<uid>                        findings, overlay images, deliveries of one study

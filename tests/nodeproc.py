@@ -412,3 +412,62 @@ def store_responses(output: str) -> list[tuple[str, str]]:
 def acknowledged_files(output: str) -> list[str]:
     """The files storescu saw answered with Success (-v output)."""
     return [path for path, response in store_responses(output) if response == "Success"]
+
+
+# -- a destination that counts every C-STORE it answered ---------------------------------------
+
+class RecordingSink:
+    """A pynetdicom storage SCP on 127.0.0.1 (in this process) that keeps no files but records
+    every C-STORE it answered with Success, in order of arrival: ``received`` lists
+    (SOPInstanceUID, StudyInstanceUID, SOPClassUID). A second C-STORE of the same instance is a
+    second entry, so ``counts()`` shows duplicate deliveries. ``port`` 0 takes a free port; a
+    fixed one lets a test configure a destination that comes up later."""
+
+    CLASSES = (MAMMO_CAD_SR, "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.11.1")
+
+    def __init__(self, ae_title: str = "SINK", port: int = 0):
+        self.ae_title = ae_title
+        self.port = port
+        self.received: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+        self._server = None
+
+    def start(self) -> RecordingSink:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+        ae = AE(ae_title=self.ae_title)
+        for uid in self.CLASSES:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server((LOOPBACK, self.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.port = self._server.server_address[1]
+        return self
+
+    def _store(self, event) -> int:
+        ds = event.dataset
+        with self._lock:
+            self.received.append((str(ds.SOPInstanceUID), str(ds.StudyInstanceUID),
+                                  str(ds.SOPClassUID)))
+        return 0x0000
+
+    def uids(self) -> list[str]:
+        """SOP Instance UIDs in order of arrival, repeats included."""
+        with self._lock:
+            return [sop for sop, _, _ in self.received]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for sop in self.uids():
+            counts[sop] = counts.get(sop, 0) + 1
+        return counts
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def __enter__(self) -> RecordingSink:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
