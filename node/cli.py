@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     # pynetdicom logs every PDU at INFO and dumps datasets (patient names) at DEBUG
     # and logs a refused connection as an ERROR that our own message already explains
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if quiet == logging.INFO else logging.CRITICAL)
+    from node.images import quiet_pydicom
+    quiet_pydicom()
     try:
         return args.run(args)
     except ConfigError as exc:
@@ -63,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="studies and deliveries, from the node's state database")
     status.add_argument("--config", metavar="FILE", help="YAML config naming the spool")
     status.add_argument("--studies", type=int, default=10, metavar="N", help="recent studies to list")
+    status.add_argument("--audit", action="store_true",
+                        help="the audit trail instead: associations (refused ones too) and "
+                        "delivery attempts, newest first")
+    status.add_argument("--limit", type=int, default=50, metavar="N", help="audit records to list")
     status.set_defaults(run=_status)
 
     retry = sub.add_parser("retry", help="queue failed deliveries again")
@@ -167,11 +173,15 @@ def _open_spool(config_path):
 
 
 def _status(args) -> int:
-    from node import status
+    from node import audit, status
 
     config, spool = _open_spool(args.config)
     try:
-        for line in status.report(spool, config, time.time(), args.studies):
+        if args.audit:
+            lines = audit.lines(spool, args.limit)
+        else:
+            lines = status.report(spool, config, time.time(), args.studies)
+        for line in lines:
             print(line)
     finally:
         spool.close()

@@ -12,6 +12,7 @@ A field's ``metadata`` may carry ``min`` / ``max`` (inclusive) and ``choices``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import types
 import typing
@@ -33,6 +34,14 @@ REQUIRED = {"required": True}
 
 def _range(lo=None, hi=None, **extra):
     return {"min": lo, "max": hi, **extra}
+
+
+def _is_ip_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,8 @@ class ListenConfig:
     host: str = "127.0.0.1"
     port: int = field(default=11112, metadata=_range(1, 65535))
     allowed_calling_ae_titles: tuple[str, ...] = field(default=(), metadata=AE_META)
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = field(default=(), metadata={
+        "check": _is_ip_network, "help": "an IP address or network such as 10.1.2.0/24"})
     max_associations: int = field(default=16, metadata=_range(1, 1000))
     max_pdu_bytes: int = field(default=131072, metadata=_range(4096, 16777216))
     acse_timeout_s: float = field(default=30.0, metadata=_range(1, 3600))
@@ -301,6 +311,8 @@ def _in_limits(value, meta) -> bool:
     if "choices" in meta and value not in meta["choices"]:
         return False
     if "pattern" in meta and not meta["pattern"].match(value):
+        return False
+    if "check" in meta and not meta["check"](value):
         return False
     if "max_len" in meta and len(value) > meta["max_len"]:
         return False

@@ -2,7 +2,9 @@
 
 What it does, in the order of ../shared/spec/dicom-outputs.md section 1.4:
 1. decide whether the object is a single-frame mammogram we can analyse (else
-   ``UnusableImageError`` with a reason a person understands);
+   ``UnusableImageError`` with a reason a person understands), from header values only:
+   sizes are checked against the pixel data actually held before anything of the declared
+   size is allocated, and laterality must be present and consistent;
 2. decode the pixels with the fastest installed decoder for the transfer syntax;
 3. apply the Modality LUT; For Processing LIN data are log-transformed so that attenuation is
    bright and contrast is on a log-exposure scale like For Presentation data;
@@ -17,12 +19,17 @@ burned-in overlays.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import warnings
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless
 
 from node.config import ImagesConfig
 from node.errors import NotAnalysableError, UnusableImageError
@@ -45,6 +52,9 @@ GENERAL_XRAY_CLASSES = {DX_FOR_PRESENTATION, DX_FOR_PROCESSING, CR_IMAGE}
 # pyjpegls decodes JPEG-LS about 3.5x faster than pylibjpeg here (issue 3 figures).
 PREFERRED_DECODER = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
 MIN_SIDE_PX = 64
+# The largest mammography detectors are about 24 x 30 cm at 50 um: 4800 x 6000 pixels.
+MAX_SIDE_PX = 10000
+BITS_ALLOCATED = (8, 16)
 VIEW_CODES = {
     "399162004": View.CC,
     "399368009": View.MLO,
@@ -65,7 +75,11 @@ def source_ref(ds: Dataset) -> SourceRef:
 
 
 def check_analysable(ds: Dataset, config: ImagesConfig = ImagesConfig()) -> None:
-    """Raise UnusableImageError unless the header describes an image we can analyse."""
+    """Raise UnusableImageError unless the header describes an image we can analyse.
+
+    Only header values are read: nothing here allocates pixel memory, so a header declaring
+    20000 x 20000 pixels is refused before anything of that size exists.
+    """
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class in MULTIFRAME_BREAST:
         raise NotAnalysableError(f"{MULTIFRAME_BREAST[sop_class]} objects are multi-frame; not yet supported")
@@ -74,6 +88,8 @@ def check_analysable(ds: Dataset, config: ImagesConfig = ImagesConfig()) -> None
             raise NotAnalysableError(f"{_class_name(ds)} image that is not of the breast (Modality {ds.get('Modality', 'absent')})")
     elif sop_class not in MAMMOGRAPHY_CLASSES:
         raise NotAnalysableError(f"{_class_name(ds)} is not a mammography image")
+    elif ds.get("Modality") not in (None, "", "MG"):  # absent in some real MG files: tolerated
+        raise NotAnalysableError(f"Modality {ds.Modality} in a {_class_name(ds)} object: not a mammogram")
     if sop_class in (MG_FOR_PROCESSING, DX_FOR_PROCESSING) and not config.analyse_for_processing:
         raise NotAnalysableError("For Processing image; configured to analyse For Presentation images only")
     if str(ds.get("QualityControlImage", "")).upper() == "YES":
@@ -83,24 +99,61 @@ def check_analysable(ds: Dataset, config: ImagesConfig = ImagesConfig()) -> None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise NotAnalysableError(f"multi-frame image ({frames} frames); not yet supported")
-    if int(ds.get("SamplesPerPixel", 1)) != 1 or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
-        raise UnusableImageError(f"not a grayscale image (PhotometricInterpretation {ds.get('PhotometricInterpretation', 'absent')})")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if min(rows, cols) < MIN_SIDE_PX:
-        raise UnusableImageError(f"image of {rows} x {cols} pixels is too small to be a mammogram")
+    check_pixel_module(ds)
     if str(ds.get("LossyImageCompression", "00")) == "01" and not config.accept_lossy:
         raise UnusableImageError("lossy-compressed image; configured to refuse lossy inputs")
 
 
+def check_pixel_module(ds: Dataset) -> None:
+    """The Image Pixel attributes describe one grayscale frame we can decode, and native
+    (uncompressed) pixel data holds at least the bytes they declare."""
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnusableImageError(f"not a grayscale image (PhotometricInterpretation {ds.get('PhotometricInterpretation', 'absent')})")
+    allocated, stored = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", 0))
+    if allocated not in BITS_ALLOCATED:
+        raise UnusableImageError(f"BitsAllocated {allocated} is not supported (8 or 16 expected)")
+    if not 1 <= stored <= allocated:
+        raise UnusableImageError(f"BitsStored {stored} is more than BitsAllocated {allocated}"
+                                 if stored > allocated else f"BitsStored {stored} is not a valid bit depth")
+    if int(ds.get("PixelRepresentation", 0)) not in (0, 1):
+        raise UnusableImageError(f"PixelRepresentation {ds.PixelRepresentation} is neither 0 nor 1")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if min(rows, cols) < MIN_SIDE_PX:
+        raise UnusableImageError(f"image of {rows} x {cols} pixels is too small to be a mammogram")
+    if not _is_encapsulated(ds):
+        needed, held = rows * cols * allocated // 8, len(ds.PixelData or b"")
+        if held < needed:
+            raise UnusableImageError(
+                f"pixel data holds {held} bytes, but {rows} x {cols} pixels of {allocated} bits "
+                f"need {needed}: the image is incomplete or its header is wrong")
+    if max(rows, cols) > MAX_SIDE_PX:
+        raise UnusableImageError(f"image of {rows} x {cols} pixels is larger than any mammography "
+                                 f"detector (at most {MAX_SIDE_PX} pixels a side)")
+
+
 def to_mammogram(ds: Dataset, config: ImagesConfig = ImagesConfig()) -> Mammogram:
     """Decode a dataset into a Mammogram, or raise UnusableImageError saying why not."""
+    try:
+        return _to_mammogram(ds, config)
+    except UnusableImageError:
+        raise
+    except Exception as exc:  # pydicom converts values lazily: a malformed one raises anything
+        raise UnusableImageError(f"header value unusable ({type(exc).__name__}: {exc})") from exc
+
+
+def _to_mammogram(ds: Dataset, config: ImagesConfig) -> Mammogram:
     check_analysable(ds, config)
+    side = checked_laterality(ds)
+    check_spacing(ds)
     warnings: list[str] = []
     spacing, spacing_source = pixel_spacing_mm(ds, config, warnings)
     if max(spacing) > config.max_spacing_mm:
         raise UnusableImageError(
             f"pixel spacing {max(spacing):.3g} mm is too coarse for microcalcifications "
             f"(at most {config.max_spacing_mm} mm)")
+    if view(ds) is View.OTHER:
+        warnings.append("no known view in the header (ViewCodeSequence, ViewPosition): "
+                        "not paired with the other view of the breast")
     stored = decode(ds)
     pixels, valid = _normalise(ds, stored)
     if str(ds.get("LossyImageCompression", "00")) == "01":
@@ -109,7 +162,7 @@ def to_mammogram(ds: Dataset, config: ImagesConfig = ImagesConfig()) -> Mammogra
         pixels=pixels,
         spacing_mm=spacing,
         spacing_source=spacing_source,
-        laterality=laterality(ds),
+        laterality=side,
         view=view(ds),
         chest_wall=chest_wall_side(ds, pixels),
         for_processing=is_for_processing(ds),
@@ -120,20 +173,78 @@ def to_mammogram(ds: Dataset, config: ImagesConfig = ImagesConfig()) -> Mammogra
     )
 
 
+def read_file(path) -> Dataset:
+    """The whole dataset of a DICOM file, or UnusableImageError saying why it cannot be read."""
+    try:
+        with open_bounded(path) as fp:
+            return dcmread(fp)
+    except Exception as exc:  # a damaged file makes pydicom raise many types
+        raise UnusableImageError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+class _BoundedReader(io.BufferedReader):
+    """``read(n)`` never asks for more than what is left of the file. pydicom reads a damaged
+    value length as it is, and Python allocates the bytes asked for before reading them: a
+    flipped bit in a length would cost gigabytes."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self.raw_size - self.tell(), 0))
+        return super().read(size)
+
+
+def open_bounded(path) -> io.BufferedReader:
+    """A file opened for reading DICOM from untrusted senders (see _BoundedReader)."""
+    raw = io.FileIO(path, "r")
+    reader = _BoundedReader(raw)
+    reader.raw_size = os.fstat(raw.fileno()).st_size
+    return reader
+
+
+def checked_laterality(ds: Dataset) -> Laterality:
+    """The breast shown; refused when the header does not say, or says two things."""
+    image_side = str(ds.get("ImageLaterality", "") or "").upper()
+    series_side = str(ds.get("Laterality", "") or "").upper()
+    if image_side in ("R", "L") and series_side in ("R", "L") and image_side != series_side:
+        raise UnusableImageError(f"ImageLaterality {image_side} contradicts Laterality {series_side}: "
+                                 "which breast is shown is unknown")
+    side = laterality(ds)
+    if side is None:
+        raise UnusableImageError("no laterality in the header (ImageLaterality R, L or B): "
+                                 "which breast is shown is unknown")
+    return side
+
+
+def check_spacing(ds: Dataset) -> None:
+    """The spacing attribute used first (spec 1.3.1), when present, must hold two positive sizes:
+    a zero or negative one means the header is wrong, and every size in mm would be too."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        values = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+        if values in ([None], [""], []):
+            continue
+        if _pair(values) is None:
+            shown = "\\".join(str(v) for v in values)
+            raise UnusableImageError(f"{keyword} {shown} is not a usable pixel size "
+                                     "(two positive numbers of mm expected)")
+        return
+
+
 def decode(ds: Dataset) -> np.ndarray:
-    """The stored pixel values (masked to BitsStored), with the fastest decoder available."""
-    plugin = PREFERRED_DECODER.get(_transfer_syntax(ds), "")
+    """The stored pixel values (masked to BitsStored), with the fastest decoder available.
+
+    A stream the preferred decoder finds corrupt is not handed to another one: pylibjpeg-libjpeg
+    turns a damaged JPEG-LS stream into an image of garbage without complaint.
+    """
+    syntax = _transfer_syntax(ds)
+    plugin = PREFERRED_DECODER.get(syntax, "")
+    if plugin and plugin not in get_decoder(syntax).available_plugins:
+        plugin = ""
     ds.pixel_array_options(decoding_plugin=plugin)
     try:
         arr = ds.pixel_array
-    except Exception as first:  # decoders raise many types; each means "cannot decode"
-        if not plugin:
-            raise UnusableImageError(f"pixel data cannot be decoded ({_ts_name(ds)}): {first}") from first
-        ds.pixel_array_options(decoding_plugin="")
-        try:
-            arr = ds.pixel_array
-        except Exception as exc:
-            raise UnusableImageError(f"pixel data cannot be decoded ({_ts_name(ds)}): {exc}") from exc
+    except Exception as exc:  # decoders raise many types; each means "cannot decode"
+        raise UnusableImageError(f"pixel data cannot be decoded ({_ts_name(ds)}): {exc}") from exc
     if arr.shape != (int(ds.Rows), int(ds.Columns)):
         raise UnusableImageError(f"decoded pixel array has shape {arr.shape}, header says {ds.Rows} x {ds.Columns}")
     return arr
@@ -268,6 +379,23 @@ def _transfer_syntax(ds: Dataset):
     return meta.get("TransferSyntaxUID") if meta is not None else None
 
 
+def _is_encapsulated(ds: Dataset) -> bool:
+    ts = _transfer_syntax(ds)
+    if not ts:
+        return False
+    try:
+        return UID(ts).is_encapsulated
+    except ValueError:
+        raise UnusableImageError(f"unknown transfer syntax {ts}") from None
+
+
 def _ts_name(ds: Dataset) -> str:
     ts = _transfer_syntax(ds)
     return getattr(ts, "name", str(ts)) if ts else "unknown transfer syntax"
+
+
+def quiet_pydicom() -> None:
+    """pydicom warns (and logs) about every malformed value it meets, quoting the value: a
+    patient name could land in the log. The node reports what matters about an input itself."""
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)

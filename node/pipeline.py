@@ -99,6 +99,19 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime,
     return StudyResult(findings, outputs, tuple(skipped))
 
 
+def unanalysed_reason(result: StudyResult, notes: Sequence[str] = ()) -> str | None:
+    """Why no image of a study could be analysed (a failed study's reason), or None when some was.
+
+    ``notes`` are the files that could not even be read; the failures and skips follow.
+    """
+    if result.findings.images:
+        return None
+    reasons = list(notes)
+    reasons += [f"{f.source.sop_instance_uid}: {f.reason}" for f in result.findings.failures]
+    reasons += [f"{s.sop_instance_uid}: not analysed: {s.reason}" for s in result.skipped]
+    return "no image of this study could be analysed: " + "; ".join(reasons)
+
+
 def _outputs(attempted: list[Dataset], displays: dict, findings: StudyFindings, config: Config,
              now: datetime, predecessor: SourceRef | None):
     """Build each requested output; one that cannot be built is logged and the others still made."""

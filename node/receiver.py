@@ -27,10 +27,10 @@ from typing import Callable
 import pynetdicom
 from pydicom import dcmread
 from pydicom import uid as tsuid
-from pydicom.errors import InvalidDicomError
+from pydicom.dataelem import RawDataElement
 from pynetdicom import AE, dul, evt, sop_class
 
-from node import images
+from node import images, security
 from node.config import Config
 from node.errors import SpoolError
 from node.metrics import record_refused
@@ -46,6 +46,9 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+
+# A-ASSOCIATE-RJ result, source and diagnostic (PS3.8 9.3.4)
+REJECTED_PERMANENT, SERVICE_USER, NO_REASON_GIVEN = 0x01, 0x01, 0x01
 
 IMAGE_CLASSES = (
     sop_class.DigitalMammographyXRayImageStorageForPresentation,
@@ -73,6 +76,10 @@ TRANSFER_SYNTAXES = (
 )
 HEADER_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
                "ImageLaterality", "Laterality", "ViewPosition", "ViewCodeSequence")
+UID_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+# (7FE0,0008) Float, (7FE0,0009) Double Float and (7FE0,0010) Pixel Data, little and big endian
+PIXEL_DATA_TAGS = {b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00", b"\xe0\x7f\x10\x00",
+                   b"\x7f\xe0\x00\x08", b"\x7f\xe0\x00\x09", b"\x7f\xe0\x00\x10"}
 
 
 class Rejected(Exception):
@@ -221,8 +228,11 @@ def handlers(spool: Spool, config: Config, clock: Callable[[], float],
     ``notify`` is called after an instance was stored and after an association ended: both can
     make a study complete.
     """
+    networks = security.allowed_networks(config.listen.allowed_hosts)
     return [
-        (evt.EVT_CONN_OPEN, _tune_socket, [config.listen.network_timeout_s]),
+        (evt.EVT_CONN_OPEN, _tune_socket, [config.listen.network_timeout_s, spool, clock]),
+        (evt.EVT_REQUESTED, _check_host, [networks]),
+        (evt.EVT_REJECTED, _rejected, [spool, clock]),
         (evt.EVT_ACCEPTED, _opened, [spool, clock]),
         (evt.EVT_RELEASED, _closed, [spool, clock, notify, "released"]),
         (evt.EVT_ABORTED, _closed, [spool, clock, notify, "aborted"]),
@@ -232,17 +242,68 @@ def handlers(spool: Spool, config: Config, clock: Callable[[], float],
     ]
 
 
-def _tune_socket(event, timeout_s: float) -> None:
+def _tune_socket(event, timeout_s: float, spool: Spool, clock) -> None:
     """TCP_NODELAY, because Nagle's algorithm delays the small PDUs of each C-STORE exchange;
     and a timeout on every receive, because pynetdicom's network timeout only runs between
     PDUs and an accepted socket is blocking: a peer that stalls in the middle of a PDU would
-    otherwise hold its association (and its slot) for ever."""
+    otherwise hold its association (and its slot) for ever. Then, with TLS, the handshake."""
     try:
         sock = event.assoc.dul.socket.socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout_s)
     except (AttributeError, OSError):
+        return
+    if isinstance(sock, ssl.SSLSocket):
+        _handshake(event, sock, spool, clock)
+
+
+def _handshake(event, sock: ssl.SSLSocket, spool: Spool, clock) -> None:
+    """The TLS handshake, in this association's thread (see security._ServerContext). A
+    caller that fails it (no certificate, one we do not trust, not speaking TLS) is logged,
+    recorded and disconnected; it never gets to send an A-ASSOCIATE-RQ."""
+    try:
+        sock.do_handshake()
+        return
+    except OSError as exc:  # ssl.SSLError, a reset or a timeout
+        why = security.describe(exc)
+    host, port = event.address[:2]
+    log.warning("refused a TLS connection from %s:%s: handshake failed (%s)", host, port, why)
+    spool.association_refused(association_id(event.assoc), "", "", f"{host}:{port}", clock(),
+                              f"rejected: TLS handshake failed ({why})")
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
         pass
+    # no A-ASSOCIATE-RQ can come now: end at once rather than hold an association slot
+    # for acse_timeout_s (pynetdicom's reactor waits that long for the request)
+    event.assoc.acse_timeout = 0
+
+
+def _check_host(event, networks) -> None:
+    """Reject a caller whose address is not in ``listen.allowed_hosts``: rejected-permanent,
+    service-user, "no-reason-given" (PS3.8 has no diagnostic for hosts), exactly the way
+    pynetdicom rejects a calling AE title it does not know (acse._negotiate_as_acceptor)."""
+    assoc = event.assoc
+    if security.host_allowed(assoc.requestor.address, networks):
+        return
+    assoc.calcnode_refusal = "host not in listen.allowed_hosts"
+    assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, NO_REASON_GIVEN)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
+def _rejected(event, spool: Spool, clock) -> None:
+    """Every association we reject (host, calling or called AE title, too many associations):
+    a log line and its audit record."""
+    assoc = event.assoc
+    request = assoc.requestor.primitive
+    why = getattr(assoc, "calcnode_refusal", "") or assoc.acceptor.primitive.reason_str
+    address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    calling, called = request.calling_ae_title, request.called_ae_title
+    spool.association_refused(association_id(assoc), calling, called, address, clock(),
+                              f"rejected: {why}")
+    log.warning("rejected association %s from %s at %s (called %s): %s",
+                association_id(assoc), calling, address, called, why)
 
 
 def association_id(assoc) -> str:
@@ -285,11 +346,11 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int:
         record = spool.adopt(path, _record(header, size, assoc, clock()))
     except Rejected as exc:
         log.warning("refused instance %s from %s: status 0x%04X %s",
-                    event.request.AffectedSOPInstanceUID, assoc.requestor.ae_title, exc.status, exc)
+                    _request_uid(event), assoc.requestor.ae_title, exc.status, exc)
         record_refused(spool, str(event.request.AffectedSOPClassUID), exc.status)
         return exc.status
     except (SpoolError, OSError) as exc:
-        log.error("could not keep instance %s: %s", event.request.AffectedSOPInstanceUID, exc)
+        log.error("could not keep instance %s: %s", _request_uid(event), exc)
         status = OUT_OF_RESOURCES if _disk_full(exc) else PROCESSING_FAILURE
         record_refused(spool, str(event.request.AffectedSOPClassUID), status)
         return status
@@ -301,21 +362,65 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int:
 
 
 def read_header(path: Path, context_class: str, affected_uid: str):
-    """The header of a received file, checked against its request; raises Rejected."""
+    """The header of a received file, checked against its request; raises Rejected.
+
+    Only the header is parsed, plus the 12 bytes that open the pixel data element: enough to
+    refuse a data set cut short without reading, let alone decoding, its pixels.
+    """
     try:
-        header = dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise Rejected(CANNOT_UNDERSTAND, f"unreadable dataset ({exc})") from None
-    found_class = str(header.get("SOPClassUID", ""))
+        with images.open_bounded(path) as fp:
+            header = dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+            _check_complete(fp, header, path.stat().st_size)
+        found_class, found_uid = str(header.get("SOPClassUID", "")), str(header.get("SOPInstanceUID", ""))
+        uids = {keyword: str(header.get(keyword, "")) for keyword in UID_KEYWORDS}
+        images.laterality(header), images.view(header)  # _record reads them: convert them here
+    except Rejected:
+        raise
+    except Exception as exc:  # pydicom converts values lazily and raises many types on damaged data
+        raise Rejected(CANNOT_UNDERSTAND, f"unreadable dataset ({type(exc).__name__}: "
+                                          f"{_shown(str(exc), 200)})") from None
+    if not found_class:
+        raise Rejected(CANNOT_UNDERSTAND, "the dataset has no SOP Class UID")
     if found_class != context_class:
         raise Rejected(DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                       f"dataset SOP Class {found_class!r} is not the requested {context_class}")
-    if str(header.get("SOPInstanceUID", "")) != affected_uid:
+                       f"dataset SOP Class {_shown(found_class)} is not the requested {context_class}")
+    if found_uid != affected_uid:
         raise Rejected(CANNOT_UNDERSTAND, "dataset SOP Instance UID differs from the request's")
-    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if not is_valid_uid(str(header.get(keyword, ""))):
-            raise Rejected(CANNOT_UNDERSTAND, f"missing or invalid {keyword}")
+    for keyword, value in uids.items():
+        if not is_valid_uid(value):
+            raise Rejected(CANNOT_UNDERSTAND, f"missing or invalid {keyword} {_shown(value)}")
     return header
+
+
+def _check_complete(fp, header, size: int) -> None:
+    """Refuse a data set cut short: pydicom reads one without complaint (it seeks past the end
+    of the file over skipped values, and reads short values short)."""
+    end = fp.tell()
+    short = any(isinstance(e, RawDataElement) and e.length != 0xFFFFFFFF and e.value is not None
+                and len(e.value) < e.length for e in header.elements())
+    if end > size or short:
+        raise Rejected(CANNOT_UNDERSTAND, "dataset is truncated: its header ends in the middle "
+                                          "of an element")
+    head = fp.read(12)
+    implicit, little = header.original_encoding
+    if len(head) < 8 or head[:4] not in PIXEL_DATA_TAGS or implicit is None:
+        return  # no pixel data element follows (an SR, or a data set without pixels)
+    order = "little" if little else "big"
+    if implicit:
+        start, length = end + 8, int.from_bytes(head[4:8], order)
+    elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"UN"):
+        start, length = end + 12, int.from_bytes(head[8:12], order)
+    else:
+        start, length = end + 8, int.from_bytes(head[6:8], order)
+    if length != 0xFFFFFFFF and start + length > size:
+        raise Rejected(CANNOT_UNDERSTAND, f"dataset is truncated: its pixel data has "
+                                          f"{max(size - start, 0)} of {length} bytes")
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A received value as a log line may show it: quoted, escaped, cut (never a line break)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _record(header, size: int, assoc, now: float) -> InstanceRecord:
@@ -332,6 +437,12 @@ def _record(header, size: int, assoc, now: float) -> InstanceRecord:
         laterality=side.value if side else "", view=view.value if view is not View.OTHER else "")
 
 
+def _request_uid(event) -> str:
+    """The request's SOP Instance UID for a log line; quoted when it is not a valid UID."""
+    uid = str(event.request.AffectedSOPInstanceUID)
+    return uid if is_valid_uid(uid) else _shown(uid)
+
+
 def _disk_full(exc: Exception) -> bool:
     return isinstance(exc, OSError) and exc.errno in (28, 122)  # ENOSPC, EDQUOT
 
@@ -344,13 +455,19 @@ class Receiver:
                  notify: Callable[[], None] = lambda: None):
         self.config = config
         self.ae = build_ae(config)
-        self._handlers = handlers(spool, config, clock, notify)
+        self._handlers = handlers(spool, config, clock, notify)  # checks listen.allowed_hosts
+        listen_tls = config.listen.tls
+        self.ssl_context = security.server_context(listen_tls) if listen_tls.enabled else None
         self.server = None
 
     def start(self) -> tuple[str, int]:
         listen = self.config.listen
         self.server = self.ae.start_server((listen.host, listen.port), block=False,
-                                           evt_handlers=self._handlers)
+                                           evt_handlers=self._handlers,
+                                           ssl_context=self.ssl_context)
+        if self.ssl_context is not None:
+            log.info("DICOM TLS on; client certificates %s", "required"
+                     if listen.tls.require_client_certificate else "not required")
         return self.server.server_address[:2]
 
     def stop(self, clock: Callable[[], float] = time.monotonic) -> int:

@@ -6,7 +6,9 @@ mean the peer has the object; 0xA7xx (out of resources) is transient; every othe
 permanent for that object. An association that cannot be made (refused connection, timeout,
 rejected-transient) fails every file transiently; rejected-permanent (e.g. our AE title is
 unknown there) fails them permanently, since retrying changes nothing until someone fixes the
-configuration (``calcnode retry`` re-queues them then).
+configuration (``calcnode retry`` re-queues them then). So does a TLS failure other than a
+dropped connection (a certificate not trusted, ours refused, a peer not speaking TLS): what is
+verified is in ``security``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, sop_class
 from pynetdicom.status import STATUS_FAILURE, STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
+from node import security
 from node.config import DestinationConfig
+from node.errors import ConfigError
 from node.model import OutboxJob, StoreOutcome, StoreResult
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,14 @@ def _ae(calling_ae: str, timeout_s: float) -> AE:
 
 
 def _associate(ae: AE, dest: DestinationConfig):
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, max_pdu=dest.max_pdu_bytes)
+    context = None
+    if dest.tls.enabled:
+        try:
+            context = security.client_context(dest.tls)
+        except ConfigError as exc:
+            return None, StoreResult(StoreOutcome.PERMANENT, None, str(exc))
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, max_pdu=dest.max_pdu_bytes,
+                         tls_args=(context, dest.host) if context else None)
     if assoc.is_established:
         try:  # the C-STORE exchange is request/response; Nagle only adds delay
             assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -51,6 +62,12 @@ def _associate(ae: AE, dest: DestinationConfig):
                    assoc.acceptor.primitive.result == 0x01 else StoreOutcome.TRANSIENT)
         reason = getattr(assoc.acceptor.primitive, "reason_str", "") if assoc.acceptor.primitive else ""
         return None, StoreResult(outcome, None, f"association rejected ({reason or 'no reason'})")
+    if context is not None and context.tls_error is not None:
+        error = context.tls_error
+        outcome = (StoreOutcome.PERMANENT if security.is_configuration_problem(error)
+                   else StoreOutcome.TRANSIENT)
+        return None, StoreResult(outcome, None, f"TLS with {dest.ae_title}@{dest.host}:{dest.port}"
+                                 f" failed: {security.describe(error)}")
     return None, StoreResult(StoreOutcome.TRANSIENT, None,
                              f"no association with {dest.ae_title}@{dest.host}:{dest.port}"
                              " (refused, timed out or aborted)")

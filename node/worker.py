@@ -16,15 +16,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from node import notices
 from node.batch import write_outputs
 from node.config import Config
 from node.errors import UnusableImageError
+from node.images import quiet_pydicom, read_file
 from node.model import AnalysisOutcome, AnalysisTask, OutputFile
-from node.pipeline import analyse_study
+from node.pipeline import analyse_study, unanalysed_reason
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -33,6 +31,8 @@ def init_process(level: int) -> None:
     """Worker process start: log to the inherited stderr like the parent does."""
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("highdicom").setLevel(max(level, logging.WARNING))  # a line per module copied
+    quiet_pydicom()
+
 
 
 def run_analysis(task: AnalysisTask, config: Config, output_folder: str, fsync: bool) -> AnalysisOutcome:
@@ -40,12 +40,15 @@ def run_analysis(task: AnalysisTask, config: Config, output_folder: str, fsync: 
     datasets, notes = [], []
     for path in task.paths:
         try:
-            datasets.append(pydicom.dcmread(path))
-        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-            notes.append(f"{Path(path).stem}: unreadable ({exc})")
+            datasets.append(read_file(path))
+        except UnusableImageError as exc:
+            notes.append(f"{Path(path).stem}: {exc}")
     if not datasets:
-        raise UnusableImageError("no readable image in the study" + (f" ({notes[0]})" if notes else ""))
+        raise UnusableImageError("no image of this study could be analysed: " + "; ".join(notes))
     result = analyse_study(datasets, config, datetime.now(), task.predecessor)
+    reason = unanalysed_reason(result, notes)
+    if reason:  # the study is failed with this reason, and nothing is sent
+        raise UnusableImageError(reason)
     written = write_outputs(result, Path(output_folder), fsync=fsync) if result.outputs else ()
     outputs = tuple(
         OutputFile(kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID), str(path))

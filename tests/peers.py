@@ -319,12 +319,22 @@ def storescu(ae_called: str, port: int, files: Sequence[str | Path], *,
 
 
 def echoscu(ae_called: str, port: int, calling: str = "ECHOSCU",
-            timeout_s: float = 30) -> subprocess.CompletedProcess:
-    """C-ECHO with DCMTK's echoscu to 127.0.0.1:port; return code 0 means verified."""
+            timeout_s: float = 30, extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """C-ECHO with DCMTK's echoscu to 127.0.0.1:port; return code 0 means verified.
+    ``extra_args`` e.g. TLS: ``dcmtk_tls(key, certificate, ca)``."""
     require(ECHOSCU)
-    cmd = [ECHOSCU, "-v", "-aet", calling, "-aec", ae_called, LOOPBACK, str(port)]
+    cmd = [ECHOSCU, "-v", "-aet", calling, "-aec", ae_called, *extra_args, LOOPBACK, str(port)]
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           stdin=subprocess.DEVNULL, timeout=timeout_s, check=False)
+
+
+def dcmtk_tls(private_key: str | Path | None, certificate: str | Path | None,
+              ca_certificates: str | Path) -> list[str]:
+    """DCMTK 3.6.7 TLS options (echoscu, storescu, storescp): ``+tls KEY CERT`` (or ``+tla``,
+    anonymous, when there is no key) and ``+cf CA``, the certificate trusted for the peer.
+    The peer's certificate is then required and verified (DCMTK's default, ``-rc``)."""
+    own = ["+tls", str(private_key), str(certificate)] if private_key else ["+tla"]
+    return [*own, "+cf", str(ca_certificates)]
 
 
 class StoreSCP:

@@ -171,7 +171,7 @@ def test_unusable_inputs_are_listed_and_the_rest_analysed(tmp_path, capsys):
     assert main(["analyze", str(src), "--out", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
     assert "notes.txt: not a readable DICOM file" in captured.err
-    assert "LMLO.dcm: pixel data cannot be decoded" in captured.err
+    assert "LMLO.dcm: pixel data holds 100 bytes, but 512 x 416 pixels" in captured.err
     assert "1 study analysed" in captured.out
     sr = [p for p in (tmp_path / "out").rglob("sr_*.dcm")]
     assert len(sr) == 1
