@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from node.config import Config, DestinationConfig, RetryConfig
 from node.errors import ConfigError
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 POLL_S = 2.0  # picks up `calcnode retry` and other processes' changes at least this often
 JITTER = 0.2  # +-20 % so that many nodes do not retry in lockstep
 
-Sender = Callable[[DestinationConfig, Sequence[OutboxJob], str], list[StoreResult]]
-Deliver = Callable[[Sequence[OutboxJob]], list[StoreResult]]  # one destination's jobs -> results
+Sender = Callable[[DestinationConfig, Sequence[OutboxJob], str], Iterable[StoreResult]]
+Deliver = Callable[[Sequence[OutboxJob]], Iterable[StoreResult]]  # one destination's jobs -> results
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ class Dispatcher:
         jobs = self.outbox.due(name, self.clock())
         if not jobs:
             return 0
-        results = self._deliver[name](jobs)
-        for job, result in zip(jobs, results):
+        results = self._deliver[name](jobs)  # may be lazy: each result is recorded as it comes
+        for job, result in zip(jobs, results, strict=True):
             self._record(job, result)
         return len(jobs)
 

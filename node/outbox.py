@@ -1,9 +1,10 @@
 """The outbox: one row per (output, destination) in the spool's database, and its queries.
 
 A delivery is ``pending`` until it succeeds (``done``: a C-STORE, or for a worklist notice an
-HL7 ACK or a 2xx answer) or fails for good (``failed``, with the reason). Jobs of one destination are sent in order of creation; when one
-fails for a transient reason the whole destination waits (``next_at``), so a PACS that comes
-back gets results in the order they were made.
+HL7 ACK or a 2xx answer) or fails for good (``failed``, with the reason). Jobs of one
+destination are sent in order of creation; when one fails for a transient reason the whole
+destination waits (``next_at``), and ``due`` never takes a job past one that is not due, so a
+PACS that comes back gets results in the order they were made.
 """
 
 from __future__ import annotations
@@ -31,19 +32,27 @@ class Outbox:
         self.spool = spool
 
     def due(self, destination: str, now: float, limit: int = 50) -> list[OutboxJob]:
+        """The destination's pending jobs from the head of its queue (order of creation), up to
+        the first that is not due yet: a job held back never lets a newer one overtake it."""
         rows = self.spool.db().execute(
             "SELECT d.id, d.output_uid, o.sop_class, o.study_uid, d.destination, o.path,"
-            " d.attempts, d.created_at FROM deliveries d JOIN outputs o ON o.sop_uid = d.output_uid"
-            " WHERE d.destination = ? AND d.state = ? AND d.next_at <= ? ORDER BY d.id LIMIT ?",
-            (destination, PENDING, now, limit)).fetchall()
-        return [OutboxJob(r[0], r[1], r[2], r[3], r[4], str(self.spool.root / r[5]), r[6], r[7])
-                for r in rows]
+            " d.attempts, d.created_at, d.next_at FROM deliveries d"
+            " JOIN outputs o ON o.sop_uid = d.output_uid"
+            " WHERE d.destination = ? AND d.state = ? ORDER BY d.id LIMIT ?",
+            (destination, PENDING, limit)).fetchall()
+        jobs = []
+        for r in rows:
+            if r[8] > now:
+                break
+            jobs.append(OutboxJob(r[0], r[1], r[2], r[3], r[4], str(self.spool.root / r[5]), r[6], r[7]))
+        return jobs
 
     def next_due_at(self, destination: str) -> float | None:
+        """When the head of the destination's queue is due (None: nothing pending)."""
         row = self.spool.db().execute(
-            "SELECT MIN(next_at) FROM deliveries WHERE destination = ? AND state = ?",
+            "SELECT next_at FROM deliveries WHERE destination = ? AND state = ? ORDER BY id LIMIT 1",
             (destination, PENDING)).fetchone()
-        return row[0]
+        return row[0] if row else None
 
     def delivered(self, job: OutboxJob, now: float, note: str = "") -> None:
         with self.spool.transaction() as db:

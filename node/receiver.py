@@ -212,11 +212,27 @@ def _opened(event, spool: Spool, clock) -> None:
 
 
 def _closed(event, spool: Spool, clock, notify, outcome: str) -> None:
+    if outcome != "released":
+        _drop_partial(event.assoc)
     if hasattr(event.assoc, "calcnode_id"):
         spool.association_closed(event.assoc.calcnode_id, outcome, clock())
         if outcome != "connection closed":
             log.info("association %s %s", event.assoc.calcnode_id, outcome)
         notify()
+
+
+def _drop_partial(assoc) -> None:
+    """Remove the file of a data set cut short by an abort or a lost connection: pynetdicom
+    leaves its chunked-receive file behind (it was never acknowledged, so nothing is lost)."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    target = getattr(message, "_data_set_file", None)
+    if target is None:
+        return
+    try:
+        target.close()
+        Path(target.name).unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _echo(event) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pydicom
 from pydicom.filereader import read_file_meta_info
@@ -73,8 +73,11 @@ def _associate(ae: AE, dest: DestinationConfig):
                              " (refused, timed out or aborted)")
 
 
-def send_files(dest: DestinationConfig, jobs: Sequence[OutboxJob], calling_ae: str) -> list[StoreResult]:
-    """C-STORE each job's file in one association; one result per job, in order."""
+def send_files(dest: DestinationConfig, jobs: Sequence[OutboxJob], calling_ae: str) -> Iterator[StoreResult]:
+    """C-STORE each job's file in one association, yielding one result per job in order as its
+    response arrives: the dispatcher records each before the next is sent, so a crash mid
+    association resends at most the object in flight. The association is released when the
+    iteration ends."""
     ae = _ae(calling_ae, dest.timeout_s)
     syntaxes: dict[str, list[str]] = {}
     metas = []
@@ -90,15 +93,17 @@ def send_files(dest: DestinationConfig, jobs: Sequence[OutboxJob], calling_ae: s
             if ts not in wanted:
                 wanted.append(ts)
     if not syntaxes:
-        return [_unreadable(m) for m in metas]
+        yield from (_unreadable(m) for m in metas)
+        return
     for abstract, transfer in syntaxes.items():
         ae.add_requested_context(abstract, transfer)
     assoc, failure = _associate(ae, dest)
     if assoc is None:
-        return [_unreadable(m) if isinstance(m, Exception) else failure for m in metas]
+        yield from (_unreadable(m) if isinstance(m, Exception) else failure for m in metas)
+        return
     try:
-        return [_unreadable(m) if isinstance(m, Exception) else _store(assoc, job, m)
-                for job, m in zip(jobs, metas)]
+        for job, meta in zip(jobs, metas):
+            yield _unreadable(meta) if isinstance(meta, Exception) else _store(assoc, job, meta)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -175,4 +180,4 @@ def send_paths(dest: DestinationConfig, paths: Sequence[str], calling_ae: str) -
         meta = read_file_meta_info(path)
         jobs.append(OutboxJob(number, str(meta.MediaStorageSOPInstanceUID),
                               str(meta.MediaStorageSOPClassUID), "", dest.ae_title, str(path), 0, 0.0))
-    return send_files(dest, jobs, calling_ae)
+    return list(send_files(dest, jobs, calling_ae))

@@ -18,7 +18,6 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Callable
 
 from pydicom import dcmread
@@ -203,10 +202,10 @@ class Service:
                 log.error("study=%s: worker process died; %s", uid,
                           "queued again" if retry else "study failed")
                 self._replace_pool()
-            except (CalcnodeError, OSError, ValueError, TypeError, KeyError, AttributeError,
-                    IndexError, MemoryError) as exc:
-                self.spool.fail(uid, f"{type(exc).__name__}: {exc}")
-                log.error("study=%s failed: %s: %s", uid, type(exc).__name__, exc)
+            except Exception as exc:  # noqa: BLE001 - any error fails this study, never the node
+                reason = str(exc) if isinstance(exc, CalcnodeError) else f"{type(exc).__name__}: {exc}"
+                self.spool.fail(uid, reason)
+                log.error("study=%s failed: %s", uid, reason)
 
     def _replace_pool(self) -> None:
         if self._pool is not None and getattr(self._pool, "_broken", False):

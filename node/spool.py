@@ -101,6 +101,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, state, next_at);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state);
 CREATE INDEX IF NOT EXISTS outputs_study ON outputs(study_uid);
+CREATE INDEX IF NOT EXISTS associations_recent ON associations(started_at);  -- the audit
 -- The audit trail of deliveries, append-only: a row per attempt (delivered, retry, failed),
 -- written by the trigger below whenever a delivery's attempt count goes up, whoever counts it.
 -- (Associations, refused ones included, are the rows of the associations table.)
@@ -139,7 +140,7 @@ def place_file(source: Path, target: Path, fsync: bool) -> None:
         with open(source, "rb") as handle:
             os.fsync(handle.fileno())
             # Clean now, and read once by a worker later: drop it from the page cache, so
-            # received images do not grow it by gigabytes (see receiver._start_writeback).
+            # received images do not grow it by gigabytes (see fastpath._start_writeback).
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     try:
         os.replace(source, target)

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import yaml
 from pydicom import dcmread
@@ -77,10 +77,13 @@ def sink(port: int, ae_title: str = "SINK", outputs: Iterable[str] = ("sr", "sc"
 class NodeProcess:
     """``python -m node serve --config <tmp_dir>/<name>.yaml``, logging to ``<name>.log``."""
 
-    def __init__(self, tmp_dir: str | Path, config: dict, name: str = "node"):
+    def __init__(self, tmp_dir: str | Path, config: dict, name: str = "node",
+                 echo_args: Sequence[str] = ()):
+        """``echo_args``: extra echoscu options for the readiness C-ECHO (TLS)."""
         self.dir = Path(tmp_dir)
         self.config = copy.deepcopy(config)
         self.name = name
+        self.echo_args = tuple(echo_args)
         self.config_path = self.dir / f"{name}.yaml"
         self.log_path = self.dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -130,8 +133,8 @@ class NodeProcess:
         self.check_alive()
         if os.access(ECHOSCU, os.X_OK):
             allowed = self.config["listen"].get("allowed_calling_ae_titles") or ["ECHOSCU"]
-            return peers.echoscu(self.ae_title, self.port, calling=allowed[0],
-                                 timeout_s=10).returncode == 0
+            return peers.echoscu(self.ae_title, self.port, calling=allowed[0], timeout_s=10,
+                                 extra_args=self.echo_args).returncode == 0
         return accepts_tcp(self.port)
 
     def alive(self) -> bool:
