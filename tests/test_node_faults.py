@@ -43,30 +43,8 @@ def _dcmtk():
 
 
 @pytest.fixture
-def stack():
-    """Peers (storescp, proxies) entered here are stopped at teardown, last first."""
-    with ExitStack() as stack:
-        yield stack
-
-
-@pytest.fixture
 def spool_root(tmp_path):
     return tmp_path
-
-
-@pytest.fixture
-def start_node(tmp_path):
-    """``start_node(config, name)`` starts a NodeProcess; every one is stopped by PID at teardown."""
-    started: list[NodeProcess] = []
-
-    def start(config: dict, name: str = "node") -> NodeProcess:
-        node = NodeProcess(tmp_path, config, name)
-        started.append(node)
-        return node.start()
-
-    yield start
-    for node in started:
-        node.close()
 
 
 def sink_scp(stack: ExitStack, tmp_path: Path, name: str = "sink") -> StoreSCP:

@@ -32,7 +32,6 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from contextlib import ExitStack
 from io import BytesIO
 from pathlib import Path
 
@@ -58,27 +57,6 @@ A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # PS3.8 9.3.8, source servic
 @pytest.fixture(autouse=True)
 def _dcmtk():
     require(STORESCU, ECHOSCU)
-
-
-@pytest.fixture
-def stack():
-    with ExitStack() as stack:
-        yield stack
-
-
-@pytest.fixture
-def start_node(tmp_path):
-    """``start_node(config, name)``; every node started is stopped by PID at teardown."""
-    started: list[NodeProcess] = []
-
-    def start(config: dict, name: str = "node") -> NodeProcess:
-        node = NodeProcess(tmp_path, config, name)
-        started.append(node)
-        return node.start()
-
-    yield start
-    for node in started:
-        node.close()
 
 
 def on_new_port(config: dict) -> dict:

@@ -193,7 +193,24 @@ def test_webhook_url_must_be_http():
 
 # -- loopback peers ----------------------------------------------------------------------------
 
-class MLLPListener:
+class ServerThread:
+    """A socketserver answering on a daemon thread; ``stop`` shuts it down."""
+
+    _server: socketserver.BaseServer | None = None
+
+    def _serve(self, server: socketserver.BaseServer):
+        self._server = server
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                         daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class MLLPListener(ServerThread):
     """An HL7 receiver on 127.0.0.1:port: keeps each parsed message and answers ``ack_code``
     (None: read the message and close without an answer)."""
 
@@ -202,7 +219,6 @@ class MLLPListener:
         self.ack_code = ack_code
         self.messages: list[hl7.Message] = []
         self.lock = threading.Lock()
-        self._server: socketserver.ThreadingTCPServer | None = None
 
     def received(self) -> list[hl7.Message]:
         with self.lock:
@@ -235,25 +251,16 @@ class MLLPListener:
             allow_reuse_address = True
             daemon_threads = True
 
-        self._server = Server((LOOPBACK, self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                         daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        return self._serve(Server((LOOPBACK, self.port), Handler))
 
 
-class WebhookReceiver:
+class WebhookReceiver(ServerThread):
     """http.server on 127.0.0.1:port recording each POST (path, headers, JSON body)."""
 
     def __init__(self, port: int, status: int = 200):
         self.port = port
         self.status = status
         self.posts: list[tuple[str, str, dict]] = []
-        self._server: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> WebhookReceiver:
         receiver = self
@@ -272,15 +279,7 @@ class WebhookReceiver:
             def log_message(self, *args):
                 pass
 
-        self._server = http.server.ThreadingHTTPServer((LOOPBACK, self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                         daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        return self._serve(http.server.ThreadingHTTPServer((LOOPBACK, self.port), Handler))
 
 
 @pytest.fixture
@@ -345,20 +344,6 @@ def test_send_webhook_posts_json_and_classifies_the_answer(tmp_path, peers_start
 
 PATIENT_NAME = "NOTICE|TEST&X~Y^ANNE"
 PATIENT_ID = "PID|77^&"
-
-
-@pytest.fixture
-def start_node(tmp_path):
-    started: list[NodeProcess] = []
-
-    def start(config: dict) -> NodeProcess:
-        node = NodeProcess(tmp_path, config)
-        started.append(node)
-        return node.start()
-
-    yield start
-    for node in started:
-        node.close()
 
 
 def worklist(hl7_port: int, webhook_port: int | None = None) -> dict:
