@@ -20,22 +20,18 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
-
-from node import images, notices, sender, worker
+from node import notices, repair, sender, worker
 from node.assembly import next_check_s, ready_reason
 from node.config import Config
 from node.dispatcher import Dispatcher
 from node.errors import CalcnodeError
-from node.model import AnalysisOutcome, AnalysisTask, InstanceRecord, Role, View
+from node.model import AnalysisOutcome, AnalysisTask
 from node.outbox import Outbox
-from node.receiver import HEADER_TAGS, IMAGE_CLASSES, Receiver
+from node.receiver import Receiver
 from node.spool import Spool
 from node.web import WebServer
 
 log = logging.getLogger(__name__)
-REBUILT = "rebuilt"  # the association id and calling AE of records rebuilt from files
 
 SCHEDULER_TICK_S = 1.0
 
@@ -64,12 +60,10 @@ class Service:
 
     def start(self) -> None:
         os.umask(0o077)  # spool files hold patient data: owner only
-        self.spool.open(repair=True)
-        self._repair_spool()
+        repair.open_spool(self.spool)
         for uid in self.spool.recover(self.clock(), self.config.study.max_attempts):
             log.warning("study=%s: analysis was interrupted; queued again", uid)
-        for uid, reason in self.spool.fail_damaged():
-            log.error("study=%s failed: %s", uid, reason)
+        repair.fail_damaged(self.spool)
         # multiprocessing keeps its sockets in a temp folder chosen once per process: fix it
         # in the system temp dir before the next line (AF_UNIX paths are limited to 107 bytes).
         multiprocessing.util.get_temp_dir()
@@ -116,24 +110,6 @@ class Service:
             stop.wait()
         finally:
             self.stop()
-
-    def _repair_spool(self) -> None:
-        """Say what a damaged or deleted state database cost, and record the spool's instance
-        files again from their headers (their studies are analysed again)."""
-        if self.spool.moved_aside:
-            problem, where = self.spool.moved_aside
-            log.error("the state database was damaged (%s); moved aside to %s", problem, where)
-        if not self.spool.needs_rebuild:
-            return
-        records, unusable = reread_instances(self.spool)
-        self.spool.readopt(records)
-        for line in unusable:
-            log.error("spool file not recovered: %s", line)
-        log.error("the state database had no record of the spool's files: %d instances of %d"
-                  " studies recorded again from their headers, to be analysed again",
-                  len(records), len({r.study_instance_uid for r in records}))
-
-    # --- scheduling ---
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
@@ -230,29 +206,3 @@ class Service:
             log.warning("study=%s: %s", uid, note)
         if routes and outcome.outputs:
             self.dispatcher.wake()
-
-
-def reread_instances(spool: Spool) -> tuple[list[InstanceRecord], list[str]]:
-    """Records of the spool's instance files read from their headers, for a database that lost
-    them; and the files that could not be used, with why. The sender is not known any more."""
-    records, unusable = [], []
-    for path in spool.instance_files():
-        try:
-            header = dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
-            study, sop = str(header.StudyInstanceUID), str(header.SOPInstanceUID)
-            if (path.parent.name, path.stem) != (study, sop):
-                raise ValueError("its UIDs differ from its place in the spool")
-            side, view = images.laterality(header), images.view(header)
-            stat = path.stat()
-            records.append(InstanceRecord(
-                sop_instance_uid=sop, sop_class_uid=str(header.SOPClassUID),
-                study_instance_uid=study, series_instance_uid=str(header.SeriesInstanceUID),
-                path=str(path.relative_to(spool.root)), size_bytes=stat.st_size,
-                received_at=stat.st_mtime, calling_ae="", association_id=REBUILT,
-                role=Role.IMAGE if str(header.SOPClassUID) in IMAGE_CLASSES else Role.KEPT,
-                laterality=side.value if side else "",
-                view=view.value if view is not View.OTHER else ""))
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError,
-                AttributeError) as exc:
-            unusable.append(f"{path.relative_to(spool.root)}: {type(exc).__name__}: {exc}")
-    return records, unusable

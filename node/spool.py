@@ -24,7 +24,6 @@ import os
 import shutil
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -178,55 +177,20 @@ class Spool:
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self.moved_aside: tuple[str, Path] | None = None  # see open(repair=True)
-        self.needs_rebuild = False
 
     # --- connections ---
 
-    def open(self, repair: bool = False) -> "Spool":
-        """Create the folders and tables. With ``repair`` (the node's own start), a database
-        that SQLite reports as damaged is moved aside (``moved_aside``: the reason and where),
-        and ``needs_rebuild`` tells that the new database lacks the records of instance files
-        already in the spool (damaged or deleted database), which ``readopt`` restores."""
+    def open(self) -> "Spool":
+        """Create the folders and tables (repair.py deals with a damaged database first)."""
         for folder in (self.root, self.incoming, self.instances, self.outputs):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.moved_aside = self._move_aside_if_damaged() if repair else None
         with self._write_lock:
-            db = self.db()
-            had_tables = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'instances'").fetchone()
-            db.executescript(SCHEMA)
+            self.db().executescript(SCHEMA)
         for suffix in ("", "-wal", "-shm"):  # made before the node's umask 077 (`calcnode status`)
             path = self.root / f"{DB_NAME}{suffix}"
             if path.exists():
                 path.chmod(0o600)  # SQLite gives a new -wal / -shm the database file's mode
-        self.needs_rebuild = bool(repair and not had_tables and next(self.instance_files(), None))
         return self
-
-    def _move_aside_if_damaged(self) -> tuple[str, Path] | None:
-        """Rename a database SQLite calls corrupt (with its -wal and -shm) to
-        ``state.sqlite3.corrupt-<time>``; returns (SQLite's complaint, new path) or None."""
-        path = self.root / DB_NAME
-        if not path.exists():
-            return None
-        try:
-            connection = sqlite3.connect(path, timeout=30)
-            try:
-                problem = connection.execute("PRAGMA quick_check").fetchone()[0]
-            finally:
-                connection.close()
-        except sqlite3.DatabaseError as exc:
-            if getattr(exc, "sqlite_errorcode", None) not in (sqlite3.SQLITE_CORRUPT,
-                                                              sqlite3.SQLITE_NOTADB):
-                raise  # busy, locked, unreadable: not damage, and nothing to repair here
-            problem = str(exc)
-        if problem == "ok":
-            return None
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            source = self.root / f"{DB_NAME}{suffix}"
-            if source.exists():
-                os.replace(source, self.root / f"{DB_NAME}{suffix}.corrupt-{stamp}")
-        return problem, self.root / f"{DB_NAME}.corrupt-{stamp}"
 
     def instance_files(self):
         """Every ``instances/<StudyUID>/<SOPUID>.dcm`` file in the spool (a generator)."""
@@ -430,41 +394,13 @@ class Spool:
         return interrupted
 
     def readopt(self, records: list[InstanceRecord]) -> None:
-        """Record instance files that are already in place (after ``needs_rebuild``): their
-        studies are analysed again, since what became of them went with the old database."""
+        """Record instance files that are already in place (repair.py, after the database was
+        lost): their studies are analysed again, since what became of them went with it."""
         with self.transaction() as db:
             for record in records:
                 _upsert_instance(db, record)
                 if record.role is Role.IMAGE:
                     _touch_study(db, record, new_image=True)
-
-    def fail_damaged(self) -> list[tuple[str, str]]:
-        """Fail every study waiting for analysis whose instance files are missing or shorter
-        than received, with the reason; their records are dropped, so that a resend of those
-        instances makes the study whole and analysed again. Returns (study, reason) pairs."""
-        damaged: dict[str, list[tuple[str, str]]] = {}  # study -> (sop, problem)
-        rows = self.db().execute(
-            "SELECT i.study_uid, i.sop_uid, i.path, i.size FROM instances i JOIN studies s"
-            " ON s.study_uid = i.study_uid WHERE s.state = ? AND i.role = ?",
-            (StudyState.RECEIVING.value, Role.IMAGE.value)).fetchall()
-        for row in rows:
-            try:
-                size = (self.root / row["path"]).stat().st_size
-            except FileNotFoundError:
-                size = None
-            if size is None or size < row["size"]:
-                problem = (f"instance file missing: {row['sop_uid']}" if size is None else
-                           f"instance file truncated: {row['sop_uid']} ({size} of {row['size']} bytes)")
-                damaged.setdefault(row["study_uid"], []).append((row["sop_uid"], problem))
-        result = []
-        for study_uid, problems in damaged.items():
-            reason = "; ".join(problem for _, problem in problems)
-            with self.transaction() as db:
-                db.executemany("DELETE FROM instances WHERE sop_uid = ?", [(sop,) for sop, _ in problems])
-                db.execute("UPDATE studies SET state = ?, reason = ? WHERE study_uid = ?",
-                           (StudyState.FAILED.value, reason, study_uid))
-            result.append((study_uid, reason))
-        return result
 
 
 def _upsert_instance(db: sqlite3.Connection, r: InstanceRecord) -> None:
