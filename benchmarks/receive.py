@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -130,11 +132,26 @@ def wait_ready(proc: subprocess.Popen, ae: str, port: int, log: Path) -> float:
                      + log_tail(log))
 
 
-def send(files: list[Path], ae: str, port: int, log: Path) -> float:
-    """storescu all ``files`` in one association; seconds from process start to exit."""
+@dataclass(frozen=True)
+class Sent:
+    seconds: float      # storescu's start to its exit
+    sender_cpu_s: float  # storescu's own CPU seconds (user + system)
+    busy_cpu_s: float    # CPU seconds the whole machine was busy meanwhile (all cores, kernel too)
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the machine has been busy since boot, all cores (/proc/stat, not idle/iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def send(files: list[Path], ae: str, port: int, log: Path) -> Sent:
+    """storescu all ``files`` in one association; wall clock and CPU figures."""
     cmd = [STORESCU, "--max-pdu", str(PDU), "--max-send-pdu", str(PDU), "-aec", ae, HOST, str(port),
            *map(str, files)]
     deadline = 120 + 10 * len(files)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = busy_cpu_seconds()
     with open(log, "wb") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -148,7 +165,9 @@ def send(files: list[Path], ae: str, port: int, log: Path) -> float:
         stop(proc, timeout=5)
     if status != 0:
         raise BenchError(f"storescu exited with status {status}\n" + log_tail(log))
-    return seconds
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # storescu is the only child reaped
+    sender_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return Sent(seconds, sender_cpu, busy_cpu_seconds() - busy)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -231,7 +250,7 @@ def storescp_run(files: list[Path], work: Path) -> dict:
     os.sync()  # start with no dirty pages from earlier runs
     with running(storescp_cmd(out, port), log, env=DCMTK_ENV) as proc:
         wait_ready(proc, "STORESCP", port, log)
-        seconds = send(files, "STORESCP", port, work / "storescu-storescp.log")
+        sent = send(files, "STORESCP", port, work / "storescu-storescp.log")
         received = sum(1 for p in out.iterdir() if p.is_file())
         start = time.perf_counter()
         os.sync()  # storescp does not fsync: how long until its files are on disk too
@@ -239,7 +258,8 @@ def storescp_run(files: list[Path], work: Path) -> dict:
     shutil.rmtree(out)
     if received != len(files):
         raise BenchError(f"storescp stored {received} of {len(files)} files\n" + log_tail(log))
-    return dict(seconds=seconds, received=received, sync_s=sync_s)
+    return dict(seconds=sent.seconds, sender_cpu_s=sent.sender_cpu_s, busy_cpu_s=sent.busy_cpu_s,
+                received=received, sync_s=sync_s)
 
 
 def calcnode_run(files: list[Path], work: Path) -> dict:
@@ -250,7 +270,7 @@ def calcnode_run(files: list[Path], work: Path) -> dict:
     with running(calcnode_cmd(config), log, cwd=ROOT) as proc:
         ready_s = wait_ready(proc, "CALCNODE", port, log)
         cpu = cpu_seconds(proc.pid)
-        seconds = send(files, "CALCNODE", port, work / "storescu-calcnode.log")
+        sent = send(files, "CALCNODE", port, work / "storescu-calcnode.log")
         cpu = cpu_seconds(proc.pid) - cpu
         at_exit = count_dcm(spool / "instances")
         final, deadline = at_exit, time.perf_counter() + 10
@@ -261,7 +281,8 @@ def calcnode_run(files: list[Path], work: Path) -> dict:
     shutil.rmtree(spool, ignore_errors=True)
     if final != len(files):
         raise BenchError(f"calcnode spooled {final} of {len(files)} files\n" + log_tail(log))
-    return dict(seconds=seconds, received=final, at_exit=at_exit, ready_s=ready_s, rss_mb=rss,
+    return dict(seconds=sent.seconds, sender_cpu_s=sent.sender_cpu_s, busy_cpu_s=sent.busy_cpu_s,
+                received=final, at_exit=at_exit, ready_s=ready_s, rss_mb=rss,
                 rss_children_mb=rss_children, stop_s=proc.stopped_in, status=proc.returncode, cpu_s=cpu)
 
 
@@ -293,24 +314,38 @@ def throughput(args, work: Path) -> dict:
     print(f"\n== A. receive throughput: {len(files)} images of {ROWS}x{COLS} 16-bit, "
           f"{total / 1e6:.0f} MB ({total / len(files) / 1e6:.1f} MB each), generated in "
           f"{time.perf_counter() - start:.1f} s; storescu PDU {PDU} both ways", flush=True)
-    results = {"storescp": [], "storescp+sync": [], "calcnode": [], "rss": []}
+    results = {"storescp": [], "storescp+sync": [], "calcnode": [], "rss": [], "cpu": {}}
     for repeat in range(1, args.repeats + 1):
         run = storescp_run(files, work)
         results["storescp"].append(run["seconds"])
         results["storescp+sync"].append(run["seconds"] + run["sync_s"])
+        results["cpu"].setdefault("storescp", []).append(cpu_per_image(run, len(files)))
         print(f"  [{repeat}] storescp +B  {rates(run['seconds'], len(files), total)}  then sync "
               f"{run['sync_s']:.2f} s: {len(files) / (run['seconds'] + run['sync_s']):.2f} images/s "
-              f"incl. sync", flush=True)
+              f"incl. sync; {cpu_text(run, len(files))}", flush=True)
         run = calcnode_run(files, work)
         results["calcnode"].append(run["seconds"])
         results["rss"].append(run["rss_mb"])
+        results["cpu"].setdefault("calcnode", []).append(cpu_per_image(run, len(files)))
         print(f"  [{repeat}] calcnode     {rates(run['seconds'], len(files), total)}  ready in "
               f"{run['ready_s']:.1f} s, {run['at_exit']}/{len(files)} spooled at storescu exit, "
               f"peak RSS {run['rss_mb']:.0f} MB (+{run['rss_children_mb']:.0f} MB children), "
-              f"CPU {run['cpu_s']:.1f} s while sending; SIGTERM: exit status {run['status']} "
-              f"in {run['stop_s']:.1f} s", flush=True)
+              f"CPU {run['cpu_s']:.1f} s while sending; {cpu_text(run, len(files))}; SIGTERM: exit "
+              f"status {run['status']} in {run['stop_s']:.1f} s", flush=True)
     shutil.rmtree(data)
     return dict(n=len(files), bytes=total, **results)
+
+
+def cpu_per_image(run: dict, n: int) -> tuple[float, float, float]:
+    """Milliseconds of CPU per image: storescu's, the rest of the machine's, and the share of
+    both cores the machine was busy while storescu ran."""
+    sender, busy = run["sender_cpu_s"] / n * 1000, run["busy_cpu_s"] / n * 1000
+    return sender, busy - sender, run["busy_cpu_s"] / (run["seconds"] * (os.cpu_count() or 1))
+
+
+def cpu_text(run: dict, n: int) -> str:
+    sender, rest, share = cpu_per_image(run, n)
+    return f"CPU per image: storescu {sender:.0f} ms, the rest {rest:.0f} ms; machine {share:.0%} busy"
 
 
 def throughput_lines(res: dict) -> list[str]:
@@ -331,6 +366,11 @@ def throughput_lines(res: dict) -> list[str]:
                 f"images/s, calcnode / it {min(synced) / stats['calcnode'][0]:.2f} | median "
                 f"{n / statistics.median(synced):.2f} images/s, calcnode / it "
                 f"{statistics.median(synced) / stats['calcnode'][1]:.2f} |")
+    for name, runs in res["cpu"].items():
+        sender, rest, share = (statistics.median(v) for v in zip(*runs))
+        rows.append(f"| CPU per image while receiving: storescu / everything else (the {name} side, "
+                    f"kernel included) | {sender:.0f} ms / {rest:.0f} ms | machine busy "
+                    f"{share:.0%} of {os.cpu_count()} cores (median) |")
     rows.append(f"| calcnode peak RSS (VmHWM) while receiving, serve process | max {max(res['rss']):.0f} MB | "
                 f"median {statistics.median(res['rss']):.0f} MB |")
     return rows
@@ -421,7 +461,7 @@ def latency(args, work: Path) -> tuple[list[dict], tuple[float, float]]:
         wait_ready(sink_proc, "SINK", sink_port, work / "sink.log")
         wait_ready(node, "CALCNODE", node_port, work / "calcnode-latency.log")
         for seed, out, expected in studies:
-            send_s = send(out.paths, "CALCNODE", node_port, work / f"storescu-{seed}.log")
+            send_s = send(out.paths, "CALCNODE", node_port, work / f"storescu-{seed}.log").seconds
             res = wait_outputs(sink, marks, out.identity.study_instance_uid, expected, time.perf_counter())
             results.append(dict(seed=seed, send_s=send_s, **res))
             print_latency(results[-1], work / "calcnode-latency.log")
