@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from node.config import Config
+from node.errors import UnusableImageError
+from node.images import open_bounded, read_file
 from node.pipeline import StudyResult, analyse_study
 from node.reporting.uids import is_valid_uid
 from node.spool import place_file
@@ -59,9 +60,10 @@ def group_by_study(files: Iterable[Path]) -> tuple[dict[str, list[Path]], list[U
     unused: list[Unused] = []
     for path in files:
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-            unused.append(Unused(path, f"not a readable DICOM file ({exc})"))
+            with open_bounded(path) as fp:
+                header = pydicom.dcmread(fp, stop_before_pixels=True)
+        except Exception as exc:  # a damaged file makes pydicom raise many types
+            unused.append(Unused(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})"))
             continue
         study = str(header.get("StudyInstanceUID", ""))
         if not is_valid_uid(study):
@@ -78,9 +80,9 @@ def analyse_files(
     datasets, unused, origin = [], [], {}
     for path in files:
         try:
-            ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-            unused.append(Unused(path, f"not a readable DICOM file ({exc})"))
+            ds = read_file(path)
+        except UnusableImageError as exc:
+            unused.append(Unused(path, str(exc)))
             continue
         datasets.append(ds)
         origin[str(ds.get("SOPInstanceUID", ""))] = path

@@ -193,11 +193,10 @@ def _retry(args) -> int:
     from node.outbox import Outbox
 
     config, spool = _open_spool(args.config)
-    known = (*config.destinations, *notices.destinations(config.worklist))
-    if args.destination and args.destination not in known:
-        print(f"no destination {args.destination!r} in the config", file=sys.stderr)
-        return EXIT_USAGE
     try:
+        if args.destination and args.destination not in notices.all_destinations(config):
+            print(f"no destination {args.destination!r} in the config", file=sys.stderr)
+            return EXIT_USAGE
         count = Outbox(spool).requeue_failed(time.time(), args.destination)
     finally:
         spool.close()

@@ -58,8 +58,9 @@ def _read_pdu_fast(provider) -> None:
     if target is None or not _write_fragment(provider, target):
         return _read_pdu_data(provider)
     sock = provider.socket.socket
-    # Nothing else runs on this thread meanwhile, so the checks of _fragment_file still hold.
-    while not provider._kill_thread:
+    # Nothing else runs on this thread meanwhile, so the checks of _fragment_file still hold,
+    # until _write_fragment queues an event (a PDU cut short): then pynetdicom takes over.
+    while not provider._kill_thread and provider.event_queue.empty():
         if _write_fragment(provider, target, wait=False):
             continue
         ready, _, _ = select.select([sock], [], [], _WAIT_FOR_MORE_S)

@@ -76,7 +76,8 @@ class SpoolCollector:
         counts = reader.study_counts()
         analysed = CounterMetricFamily("calcnode_studies_analysed",
                                        "Studies analysed, by outcome", labels=["outcome"])
-        done = db.execute("SELECT COUNT(*) FROM studies WHERE analysed_at IS NOT NULL").fetchone()[0]
+        done = db.execute("SELECT COUNT(*) FROM studies WHERE analysed_at IS NOT NULL"
+                          " AND state != 'failed'").fetchone()[0]
         analysed.add_metric(["done"], done)
         analysed.add_metric(["failed"], counts["failed"])
         yield analysed

@@ -84,7 +84,10 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime,
             analysed.append(ImageFindings(mammogram.source, clusters, seconds, mammogram.laterality, mammogram.view))
             if clusters and "sc" in config.outputs:
                 # from the array decoded above: pydicom keeps it until decoding options change
-                displays[uid] = display_pixels(ds, ds.pixel_array)
+                try:
+                    displays[uid] = display_pixels(ds, ds.pixel_array)
+                except ValueError as exc:  # e.g. a window width of 0: no overlay, findings stand
+                    log.warning("study %s image %s: no overlay image: %s", study_uid, uid, exc)
             attempted.append(ds)
             for warning in mammogram.warnings:
                 log.warning("study %s image %s: %s", study_uid, uid, warning)
@@ -122,7 +125,8 @@ def _outputs(attempted: list[Dataset], displays: dict, findings: StudyFindings, 
     if "sr" in config.outputs:
         builders.append(("sr", lambda: [build_cad_sr(by_uid, findings, kit, now, predecessor)]))
     if "sc" in config.outputs:
-        for number, image in enumerate(marked, start=1):
+        for number, image in enumerate((f for f in marked if f.source.sop_instance_uid in displays),
+                                       start=1):
             uid = image.source.sop_instance_uid
             builders.append(("sc", lambda s=by_uid[uid], d=displays[uid], i=image, n=number: [
                 build_overlay_sc(s, d, i, kit, now, instance_number=n)]))

@@ -240,7 +240,8 @@ class Spool:
         relative = Path("instances") / folder / f"{uid_path(record.sop_instance_uid)}.dcm"
         target = self.root / relative
         if not target.parent.exists():
-            target.parent.mkdir(mode=0o700)
+            # exist_ok: two associations may bring a study's first instances at once
+            target.parent.mkdir(mode=0o700, exist_ok=True)
             if self.fsync:
                 fsync_dir(target.parent.parent)
         place_file(received, target, self.fsync)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +14,13 @@ from conformance import (
     run_dsrdump,
 )
 from node.cli import main
+from peers import require
 from node.testing.study import write_study
 
 pytestmark = pytest.mark.slow
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 SIZE = dict(rows=1024, cols=832, spacing_mm=0.1, density="b")
 SEED = 31  # tests use seeds below 1000; the benchmark sets never do
-
-
-def _need(*binaries):
-    for binary in binaries:
-        if not os.access(binary, os.X_OK):
-            pytest.skip(f"{binary} is not installed (make test installs dcmtk and dicom3tools)")
 
 
 def _analyse(tmp_path: Path, name: str, **study) -> tuple[object, Path, dict]:
@@ -85,7 +79,7 @@ def test_analyze_finds_the_drawn_clusters_and_writes_every_output(plain):
 
 
 def test_outputs_pass_the_spec_checks_and_the_validators(plain):
-    _need(DCIODVFY, DSRDUMP)
+    require(DCIODVFY, DSRDUMP)
     written, folder, outputs = plain
     sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in written.paths)}
     for name, ds in outputs.items():
@@ -128,7 +122,7 @@ def _gsps_circle_hits_cluster(tmp_path, written, folder, outputs, view: str) -> 
 
 
 def test_gsps_marks_the_cluster_when_rendered_by_dcmp2pgm(plain, tmp_path):
-    _need(DCMP2PGM)
+    require(DCMP2PGM)
     _gsps_circle_hits_cluster(tmp_path, *plain, view="RCC")
 
 
@@ -138,7 +132,7 @@ def mono1(tmp_path_factory):
 
 
 def test_gsps_of_a_monochrome1_image_marks_the_cluster_and_is_not_inverted(mono1, tmp_path):
-    _need(DCMP2PGM)
+    require(DCMP2PGM)
     written, folder, outputs = mono1
     for pr in _by_kind(outputs, "gsps").values():
         assert pr.PresentationLUTShape == "INVERSE"
@@ -209,3 +203,19 @@ def test_every_real_file_is_analysed_or_refused_and_nothing_crashes(tmp_path, ca
         assert (tmp_path / "out" / ds.StudyInstanceUID).is_dir(), path
     assert str(REAL / "non_mg" / "pydicom_CT_small.dcm") in refused
     assert str(REAL / "mg_negative" / "omama_DXm.1459541791X2_ts_mismatch.dcm") in refused
+
+
+def test_an_image_whose_display_cannot_be_made_keeps_its_findings_without_an_overlay(tmp_path):
+    from datetime import datetime
+
+    from node.config import Config
+    from node.pipeline import analyse_study
+
+    written = write_study(tmp_path, SEED, **SIZE)
+    datasets = [pydicom.dcmread(p) for p in written.paths]
+    for ds in datasets:
+        ds.WindowCenter, ds.WindowWidth = 2048, 0  # pydicom's VOI LUT refuses a width of 0
+    result = analyse_study(datasets, Config(), datetime(2024, 1, 2, 3, 4, 5))
+    kinds = [kind for kind, _ in result.outputs]
+    assert result.findings.cluster_count > 0 and not result.findings.failures
+    assert "sr" in kinds and "sc" not in kinds  # (the GSPS copies the window, so it fails too)
