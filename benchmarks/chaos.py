@@ -51,7 +51,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from node.testing.dicomfactory import StudyIdentity  # noqa: E402
 from node.testing.phantom import make_phantom  # noqa: E402
 from node.testing.study import VIEWS, phantom_dataset, view_spec  # noqa: E402
-from nodeproc import NodeProcess, RecordingSink, acknowledged_files, node_config, sink  # noqa: E402
+from nodeproc import (  # noqa: E402
+    NodeProcess, RecordingSink, acknowledged_files, group_members, node_config, sink)
 from peers import STORESCU, free_port, wait_for  # noqa: E402
 
 SEED = 505000
@@ -127,17 +128,6 @@ def finish(proc: subprocess.Popen, timeout_s: float) -> int:
         return proc.wait(timeout=10)
 
 
-def group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (entry / "stat").read_text()
-                if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
-                    pids.append(int(entry.name))
-    return pids
-
-
 def memory_kb(pid: int) -> dict[str, int]:
     values = {}
     with contextlib.suppress(OSError):
@@ -169,7 +159,7 @@ class MemorySampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             total = 0
-            for pid in group_pids(self.pgid):
+            for pid in group_members(self.pgid):
                 values = memory_kb(pid)
                 self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), values.get("VmHWM", 0))
                 total += values.get("VmRSS", 0)

@@ -56,7 +56,7 @@ import hl7
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from node.config import HL7Config, WebhookConfig, WorklistConfig
+from node.config import Config, HL7Config, WebhookConfig, WorklistConfig
 from node.errors import ConfigError
 from node.model import OutboxJob, OutputFile, StoreOutcome, StoreResult
 from node.reporting.common import SUSPICIOUS, flag_text
@@ -99,6 +99,11 @@ def destinations(worklist: WorklistConfig) -> tuple[str, ...]:
     """The worklist destinations switched on (an empty host or URL is off)."""
     names = [HL7_DESTINATION] if worklist.hl7.host else []
     return tuple(names + ([WEBHOOK_DESTINATION] if worklist.webhook.url else []))
+
+
+def all_destinations(config: Config) -> list[str]:
+    """Every destination of the config by name: the DICOM ones, then the worklist channels on."""
+    return [*config.destinations, *destinations(config.worklist)]
 
 
 def routes(worklist: WorklistConfig) -> list[tuple[str, tuple[str, ...]]]:

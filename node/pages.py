@@ -17,6 +17,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from node.config import Config
+from node.images import open_bounded
+from node.notices import all_destinations
 from node.outbox import Outbox
 from node.reporting import codes as C
 from node.spool import Spool
@@ -64,11 +66,11 @@ def patient_identity(spool: Spool, study_uid: str) -> str:
     if row is None:
         return ""
     try:
-        header = dcmread(spool.root / row["path"], stop_before_pixels=True,
-                         specific_tags=["PatientName", "PatientID"])
-    except (OSError, ValueError, EOFError):
+        with open_bounded(spool.root / row["path"]) as fp:
+            header = dcmread(fp, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
+        return f"{header.get('PatientName', '')} ({header.get('PatientID', '')})"
+    except Exception:  # noqa: BLE001 - a damaged header must not break the page
         return "(unreadable)"
-    return f"{header.get('PatientName', '')} ({header.get('PatientID', '')})"
 
 
 # --- pages ---
@@ -80,7 +82,7 @@ def render_index(spool: Spool, config: Config, page: int) -> str:
     pending = dict(db.execute("SELECT destination, COUNT(*) FROM deliveries WHERE state = 'pending'"
                               " GROUP BY destination").fetchall())
     outbox = ", ".join(f"{esc(name)} {pending.get(name, 0)}"
-                       for name in sorted(set(config.destinations) | set(pending))) or "no destination"
+                       for name in sorted(set(all_destinations(config)) | set(pending))) or "no destination"
     summary = (f"<p>{total} studies: {counts['receiving']} waiting, {counts['analysing']} analysing, "
                f"{counts['done']} done, {counts['failed']} failed. Outbox pending: {outbox}. "
                f"Free disk: {spool.free_mb() / 1000:.1f} GB.</p>")
@@ -222,7 +224,7 @@ def render_outbox(spool: Spool, config: Config, page: int, state: str, requeued:
     body = f"<p class='note'>{esc(requeued)} queued again.</p>" if requeued is not None else ""
     summaries = {s.destination: s for s in Outbox(spool).summary()}
     rows = []
-    for name in sorted(set(config.destinations) | set(summaries)):
+    for name in sorted(set(all_destinations(config)) | set(summaries)):
         s = summaries.get(name)
         retry_all = "" if s is None or not s.failed else retry_form("destination", name, "Retry all failed")
         rows.append([esc(name), *(esc(v) for v in (

@@ -249,7 +249,8 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int:
         size = path.stat().st_size
         if spool.free_mb() - size / 1e6 < config.storage.min_free_mb:
             raise Rejected(OUT_OF_RESOURCES, f"less than {config.storage.min_free_mb} MB free")
-        record = spool.adopt(path, _record(header, size, assoc, clock()))
+        record = spool.adopt(path, record_from_header(header, size, clock(), assoc.requestor.ae_title,
+                                                      association_id(assoc)))
     except Rejected as exc:
         log.warning("refused instance %s from %s: status 0x%04X %s",
                     _request_uid(event), assoc.requestor.ae_title, exc.status, exc)
@@ -279,7 +280,7 @@ def read_header(path: Path, context_class: str, affected_uid: str):
             _check_complete(fp, header, path.stat().st_size)
         found_class, found_uid = str(header.get("SOPClassUID", "")), str(header.get("SOPInstanceUID", ""))
         uids = {keyword: str(header.get(keyword, "")) for keyword in UID_KEYWORDS}
-        images.laterality(header), images.view(header)  # _record reads them: convert them here
+        images.laterality(header), images.view(header)  # record_from_header reads them: convert them here
     except Rejected:
         raise
     except Exception as exc:  # pydicom converts values lazily and raises many types on damaged data
@@ -329,7 +330,9 @@ def _shown(value: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _record(header, size: int, assoc, now: float) -> InstanceRecord:
+def record_from_header(header, size: int, received_at: float, calling_ae: str,
+                       association: str, path: str = "") -> InstanceRecord:
+    """The spool record of an instance, from its header (read_header's, or repair.py's)."""
     sop_class_uid = str(header.SOPClassUID)
     role = Role.IMAGE if sop_class_uid in IMAGE_CLASSES else Role.KEPT
     side = images.laterality(header)
@@ -337,9 +340,8 @@ def _record(header, size: int, assoc, now: float) -> InstanceRecord:
     return InstanceRecord(
         sop_instance_uid=str(header.SOPInstanceUID), sop_class_uid=sop_class_uid,
         study_instance_uid=str(header.StudyInstanceUID),
-        series_instance_uid=str(header.SeriesInstanceUID), path="", size_bytes=size,
-        received_at=now, calling_ae=assoc.requestor.ae_title,
-        association_id=association_id(assoc), role=role,
+        series_instance_uid=str(header.SeriesInstanceUID), path=path, size_bytes=size,
+        received_at=received_at, calling_ae=calling_ae, association_id=association, role=role,
         laterality=side.value if side else "", view=view.value if view is not View.OTHER else "")
 
 

@@ -21,9 +21,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from node import images
-from node.model import InstanceRecord, Role, StudyState, View
-from node.receiver import HEADER_TAGS, IMAGE_CLASSES
+from node.model import InstanceRecord, Role, StudyState
+from node.receiver import HEADER_TAGS, record_from_header
 from node.spool import DB_NAME, Spool
 
 log = logging.getLogger(__name__)
@@ -92,16 +91,9 @@ def reread_instances(spool: Spool) -> tuple[list[InstanceRecord], list[str]]:
             study, sop = str(header.StudyInstanceUID), str(header.SOPInstanceUID)
             if (path.parent.name, path.stem) != (study, sop):
                 raise ValueError("its UIDs differ from its place in the spool")
-            side, view = images.laterality(header), images.view(header)
             stat = path.stat()
-            records.append(InstanceRecord(
-                sop_instance_uid=sop, sop_class_uid=str(header.SOPClassUID),
-                study_instance_uid=study, series_instance_uid=str(header.SeriesInstanceUID),
-                path=str(path.relative_to(spool.root)), size_bytes=stat.st_size,
-                received_at=stat.st_mtime, calling_ae="", association_id=REBUILT,
-                role=Role.IMAGE if str(header.SOPClassUID) in IMAGE_CLASSES else Role.KEPT,
-                laterality=side.value if side else "",
-                view=view.value if view is not View.OTHER else ""))
+            records.append(record_from_header(header, stat.st_size, stat.st_mtime, "", REBUILT,
+                                              str(path.relative_to(spool.root))))
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError,
                 AttributeError) as exc:
             unusable.append(f"{path.relative_to(spool.root)}: {type(exc).__name__}: {exc}")

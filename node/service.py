@@ -80,7 +80,7 @@ class Service:
             except CalcnodeError:  # its port is taken: stop what already runs, then say why
                 self.stop()
                 raise
-        where = ", ".join([*self.config.destinations, *notices.destinations(self.config.worklist)])
+        where = ", ".join(notices.all_destinations(self.config))
         where = where or "none (outputs stay in the spool)"
         log.info("listening on %s:%d as %s; %d workers; destinations: %s", *self.address,
                  self.config.listen.ae_title, worker_count(self.config), where)

@@ -27,7 +27,7 @@ def report(spool: Spool, config: Config, now: float, recent: int = 10) -> list[s
         best = "" if r["highest_certainty"] is None else f" highest={r['highest_certainty']:.0f}"
         why = f" ({r['reason']})" if r["reason"] and r["state"] == "failed" else ""
         lines.append(f"  {when} {r['state']:<9} {r['study_uid']} from {r['calling_ae']}{found}{best}{why}")
-    configured = set(config.destinations) | set(notices.destinations(config.worklist))
+    configured = set(notices.all_destinations(config))
     lines.append("outbox:" if configured else
                  "outbox: no destination configured; outputs stay in " + str(spool.outputs))
     summaries = {s.destination: s for s in Outbox(spool).summary()}

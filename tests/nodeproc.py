@@ -191,7 +191,7 @@ class NodeProcess:
         """Processes the node started (workers, forkserver) that outlived it, killed by PID."""
         pgid = self.proc.pid  # start_new_session: the node leads a group of its own
         for _ in range(50):
-            members = [pid for pid in _group_members(pgid) if pid != os.getpid()]
+            members = [pid for pid in group_members(pgid) if pid != os.getpid()]
             if not members:
                 return
             for pid in members:
@@ -274,7 +274,7 @@ class NodeProcess:
         return self.cli("status")
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
     """PIDs whose process group is ``pgid`` (from /proc/<pid>/stat)."""
     members = []
     for entry in Path("/proc").iterdir():

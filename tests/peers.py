@@ -44,7 +44,7 @@ def require(*binaries: str) -> None:
     """Skip, not fail, when a Debian tool is absent: `make test` installs them, a bare venv not."""
     for binary in binaries:
         if not os.access(binary, os.X_OK):
-            pytest.skip(f"{binary} is not installed (make test installs dcmtk and orthanc)")
+            pytest.skip(f"{binary} is not installed (make test installs the Debian tools it needs)")
 
 
 def free_ports(count: int) -> list[int]:

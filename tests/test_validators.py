@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -13,16 +12,12 @@ from conformance import (
 from node.reporting.gsps import build_gsps
 from node.reporting.overlay import build_overlay_sc
 from node.reporting.sr import build_cad_sr
+from peers import require
 from test_reporting import (
     CENTRES, EQUIPMENT, NOW, SPECKS, display_of, make_study, sources_of,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def _need(binary):
-    if not os.access(binary, os.X_OK):
-        pytest.skip(f"{binary} is not installed (apt-get install dicom3tools dcmtk)")
 
 
 def _write(ds, tmp_path, name):
@@ -33,8 +28,8 @@ def _write(ds, tmp_path, name):
 
 @pytest.mark.parametrize("kind", ["findings", "no_findings", "partial_failure"])
 def test_sr_validates(tmp_path, kind):
-    _need(DCIODVFY)
-    _need(DSRDUMP)
+    require(DCIODVFY)
+    require(DSRDUMP)
     images, study = make_study(findings=kind != "no_findings",
                                failed=("LMLO",) if kind == "partial_failure" else ())
     path = _write(build_cad_sr(sources_of(images), study, EQUIPMENT, NOW), tmp_path, "sr.dcm")
@@ -43,7 +38,7 @@ def test_sr_validates(tmp_path, kind):
 
 
 def test_sc_validates(tmp_path):
-    _need(DCIODVFY)
+    require(DCIODVFY)
     images, study = make_study()
     sc = build_overlay_sc(images[1], display_of(images[1]), study.images[1], EQUIPMENT, NOW)
     assert run_dciodvfy(_write(sc, tmp_path, "sc.dcm")) == []
@@ -51,8 +46,8 @@ def test_sc_validates(tmp_path):
 
 @pytest.mark.parametrize("monochrome1", [False, True], ids=["MONOCHROME2", "MONOCHROME1"])
 def test_gsps_validates_and_renders_marks_on_calcium(tmp_path, monochrome1):
-    _need(DCIODVFY)
-    _need(DCMP2PGM)
+    require(DCIODVFY)
+    require(DCMP2PGM)
     images, study = make_study(seed=5, monochrome1=monochrome1)
     pr = build_gsps(images, study.images, EQUIPMENT, NOW)[0]
     gsps_path = _write(pr, tmp_path, "gsps.dcm")
@@ -90,7 +85,7 @@ def _assert_circle_surrounds_bright_specks(rendered, annotation, centre_rc):
 
 
 def test_gsps_with_voi_lut_sequence_validates(tmp_path):
-    _need(DCIODVFY)
+    require(DCIODVFY)
     import pydicom
 
     images, study = make_study()
