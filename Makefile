@@ -41,8 +41,8 @@ run: venv
 	$(BIN)/calcnode serve --config config/calcnode.yaml
 
 bench: venv tools
-	$(BIN)/python benchmarks/detect.py
-	$(BIN)/python benchmarks/receive.py
+	$(BIN)/python benchmarks/detect.py --images 30
+	$(BIN)/python benchmarks/receive.py --repeats 6 --latency-runs 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache var

@@ -60,15 +60,17 @@ def image_case(seed: int, size: str):
 
 
 def evaluate(phantom, clusters, spacing_mm: float):
-    """(hit flags per truth cluster, [(certainty, blamed kind or None)] per reported cluster)."""
-    hits = [False] * len(phantom.clusters)
+    """(per truth cluster, the highest certainty of the marks that find it, or None;
+    [(certainty, blamed kind or None)] per reported cluster)."""
+    hits: list[float | None] = [None] * len(phantom.clusters)
     reported = []
     for cluster in clusters:
         matched = False
         for i, truth in enumerate(phantom.clusters):
             distance = np.hypot(*np.subtract(cluster.centre_rc, truth.centre_rc)) * spacing_mm
             if distance <= truth.radius_mm + MATCH_MARGIN_MM:
-                hits[i] = matched = True
+                hits[i] = max(hits[i] or 0.0, cluster.certainty)
+                matched = True
         reported.append((cluster.certainty, None if matched else _blame(phantom, cluster, spacing_mm)))
     return hits, reported
 
@@ -103,7 +105,8 @@ def run(seeds, size: str, params: DetectionParams):
         records.append(dict(seed=seed, spec=phantom.spec, hits=hits, reported=reported, seconds=seconds,
                             megapixels=ds.Rows * ds.Columns / 1e6, kinds=set(phantom.spec.distractors)))
         print(f"  seed {seed}: {phantom.spec.rows}x{phantom.spec.cols} {phantom.spec.view} density "
-              f"{phantom.spec.density} truth {len(hits)} found {sum(hits)} marks {len(reported)} "
+              f"{phantom.spec.density} truth {len(hits)} found {sum(h is not None for h in hits)} "
+              f"marks {len(reported)} "
               f"{seconds:.2f}s", file=sys.stderr)
     return records
 
@@ -111,25 +114,24 @@ def run(seeds, size: str, params: DetectionParams):
 def summarise(records, threshold: float) -> dict:
     n_images = len(records)
     truth = sum(len(r["hits"]) for r in records)
-    found, fps, by_kind, flagged = 0, 0, Counter(), Counter()
+    found, by_kind, flagged = 0, Counter(), Counter()
     for r in records:
         for i, _ in enumerate(r["hits"]):
             found += _found_at(r, i, threshold)
         blamed = {kind for certainty, kind in r["reported"] if kind and certainty >= threshold}
-        fps += sum(1 for certainty, kind in r["reported"] if kind and certainty >= threshold)
         for certainty, kind in r["reported"]:
             if kind and certainty >= threshold:
                 by_kind[kind] += 1
         for kind in blamed & r["kinds"]:
             flagged[kind] += 1
     return dict(images=n_images, truth=truth, found=found, sensitivity=found / max(truth, 1),
-                fp_per_image=fps / max(n_images, 1), fp_by_kind=by_kind, flagged=flagged)
+                fp_per_image=sum(by_kind.values()) / max(n_images, 1), fp_by_kind=by_kind, flagged=flagged)
 
 
 def _found_at(record, index: int, threshold: float) -> bool:
-    """Whether truth cluster ``index`` is found by a mark at or above ``threshold``."""
-    return record["hits"][index] and any(
-        certainty >= threshold for certainty, kind in record["reported"] if kind is None)
+    """Whether truth cluster ``index`` is found by one of its own marks at or above ``threshold``."""
+    best = record["hits"][index]
+    return best is not None and best >= threshold
 
 
 def froc(records) -> list[tuple[float, float, float]]:
