@@ -41,7 +41,7 @@ run: venv
 	$(BIN)/calcnode serve --config config/calcnode.yaml
 
 bench: venv tools
-	$(BIN)/python benchmarks/detect.py --images 30
+	$(BIN)/python benchmarks/detect.py --images 100 --jobs 2
 	$(BIN)/python benchmarks/receive.py --repeats 6 --latency-runs 2
 
 clean:

@@ -5,12 +5,16 @@ What it does, in the order of ../shared/spec/dicom-outputs.md section 1.4:
    ``UnusableImageError`` with a reason a person understands), from header values only:
    sizes are checked against the pixel data actually held before anything of the declared
    size is allocated, and laterality must be present and consistent;
-2. decode the pixels with the fastest installed decoder for the transfer syntax;
-3. apply the Modality LUT; For Processing LIN data are log-transformed so that attenuation is
-   bright and contrast is on a log-exposure scale like For Presentation data;
-4. invert MONOCHROME1 once, within BitsStored;
-5. mask PixelPaddingValue;
-6. spacing in mm (PixelSpacing, else ImagerPixelSpacing / ERMF, else ImagerPixelSpacing with a
+2. decode the pixels with one decoder per transfer syntax, the fastest measured here;
+3. apply the Modality LUT; then
+   - For Processing: LIN data are log-transformed and oriented by PixelIntensityRelationshipSign
+     so that attenuation is bright and contrast is on a log-exposure scale like For
+     Presentation data. PhotometricInterpretation plays no part: it says how to display the
+     values, not how they relate to the X-rays (PS3.3 C.8.11.3.1.2);
+   - For Presentation: MONOCHROME1 is inverted once, within the output range of the Modality
+     LUT, so that dense is bright;
+4. mask PixelPaddingValue;
+5. spacing in mm (PixelSpacing, else ImagerPixelSpacing / ERMF, else ImagerPixelSpacing with a
    warning, else a configured default with a warning), laterality, view, chest-wall side.
 
 ``display_pixels`` renders the image as a viewer shows it (first VOI window, polarity) for the
@@ -29,7 +33,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
-from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless
+from pydicom.uid import (
+    UID, JPEG2000, JPEG2000Lossless, JPEGLSLossless, JPEGLSNearLossless, RLELossless,
+)
 
 from node.config import ImagesConfig
 from node.errors import NotAnalysableError, UnusableImageError
@@ -49,8 +55,18 @@ MULTIFRAME_BREAST = {
 }
 MAMMOGRAPHY_CLASSES = {MG_FOR_PRESENTATION, MG_FOR_PROCESSING}
 GENERAL_XRAY_CLASSES = {DX_FOR_PRESENTATION, DX_FOR_PROCESSING, CR_IMAGE}
-# pyjpegls decodes JPEG-LS about 3.5x faster than pylibjpeg here (issue 3 figures).
-PREFERRED_DECODER = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
+# The fastest decoder per transfer syntax: median CPU time on one core to decode a 3328 x 4096
+# 12-bit phantom (docs/benchmarks.md, "Decoding"). JPEG-LS: pyjpegls 0.34 s, pylibjpeg 1.2 s.
+# JPEG 2000: pylibjpeg 1.65 s, pillow 1.66 s (a tie; pydicom's pillow plugin copies the image
+# several times and refuses more than 16 bits). RLE: pylibjpeg 0.07 s, pydicom 0.5 s.
+# A syntax not listed is decoded by the first plugin pydicom offers for it.
+PREFERRED_DECODER = {
+    JPEGLSLossless: "pyjpegls",
+    JPEGLSNearLossless: "pyjpegls",
+    JPEG2000Lossless: "pylibjpeg",
+    JPEG2000: "pylibjpeg",
+    RLELossless: "pylibjpeg",
+}
 MIN_SIDE_PX = 64
 # The largest mammography detectors are about 24 x 30 cm at 50 um: 4800 x 6000 pixels.
 MAX_SIDE_PX = 10000
@@ -233,14 +249,15 @@ def check_spacing(ds: Dataset) -> None:
 def decode(ds: Dataset) -> np.ndarray:
     """The stored pixel values (masked to BitsStored), with the fastest decoder available.
 
-    A stream the preferred decoder finds corrupt is not handed to another one: pylibjpeg-libjpeg
-    turns a damaged JPEG-LS stream into an image of garbage without complaint.
+    Exactly one decoder is tried: a stream it finds corrupt is not handed to another one, since
+    pylibjpeg-libjpeg turns a damaged JPEG-LS stream into an image of garbage without complaint.
+    A second call on the same dataset returns the array already decoded.
     """
-    syntax = _transfer_syntax(ds)
-    plugin = PREFERRED_DECODER.get(syntax, "")
-    if plugin and plugin not in get_decoder(syntax).available_plugins:
-        plugin = ""
-    ds.pixel_array_options(decoding_plugin=plugin)
+    plugin = decoding_plugin(_transfer_syntax(ds))
+    # pixel_array_options() drops pydicom's decoded array: set it only when the plugin changes.
+    if getattr(ds, "_calcnode_decoder", None) != plugin:
+        ds.pixel_array_options(decoding_plugin=plugin)
+        ds._calcnode_decoder = plugin
     try:
         arr = ds.pixel_array
     except Exception as exc:  # decoders raise many types; each means "cannot decode"
@@ -250,34 +267,78 @@ def decode(ds: Dataset) -> np.ndarray:
     return arr
 
 
+def decoding_plugin(syntax) -> str:
+    """The one pydicom decoding plugin used for ``syntax``: PREFERRED_DECODER's when installed,
+    else the first pydicom offers; "" for native data, or when no plugin is installed or the
+    syntax is unknown (pydicom then says why it cannot decode)."""
+    try:
+        if not syntax or not UID(syntax).is_compressed:
+            return ""
+        available = get_decoder(syntax).available_plugins
+    except (ValueError, NotImplementedError):  # not a transfer syntax pydicom can decode
+        return ""
+    preferred = PREFERRED_DECODER.get(syntax, "")
+    if preferred in available:
+        return preferred
+    return available[0] if available else ""
+
+
 def _normalise(ds: Dataset, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Stored values -> float32 bright = dense; and the mask of non-padding pixels."""
     valid = None
     if "PixelPaddingValue" in ds:
         valid = stored != ds.PixelPaddingValue
         valid = None if valid.all() else valid
-    bits = int(ds.get("BitsStored", 16))
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        stored = (2**bits - 1) - stored.astype(np.int32)
-    values = apply_modality_lut(stored, ds).astype(np.float32, copy=False)
+    values = _modality_values(ds, stored)
     if is_for_processing(ds):
         values = _log_exposure(ds, values)
+    elif ds.PhotometricInterpretation == "MONOCHROME1":
+        lo, hi = _modality_range(ds)
+        values = np.subtract(np.float32(lo + hi), values, out=values)
     return np.ascontiguousarray(values, dtype=np.float32), valid
 
 
-def _log_exposure(ds: Dataset, values: np.ndarray) -> np.ndarray:
-    """For Processing data on a log-exposure scale, attenuation bright.
+def _modality_values(ds: Dataset, stored: np.ndarray) -> np.ndarray:
+    """The Modality LUT output as a new float32 array. pydicom's apply_modality_lut rescales in
+    float64, which costs a 110 MB temporary and a second pass on a full-field image; float32
+    holds every 16-bit value exactly."""
+    if "ModalityLUTSequence" in ds:
+        return apply_modality_lut(stored, ds).astype(np.float32)  # always a new array
+    values = stored.astype(np.float32)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:  # as pydicom: both, or identity
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        if slope != 1.0:
+            values *= np.float32(slope)
+        if intercept != 0.0:
+            values += np.float32(intercept)
+    return values
 
-    PixelIntensityRelationshipSign +1 means higher values = more X-rays reached the detector,
-    so attenuation is the negated log. The scale (1000 per e-fold) only keeps numbers familiar.
+
+def _modality_range(ds: Dataset) -> tuple[float, float]:
+    """The lowest and highest Modality LUT output over the stored values BitsStored allows."""
+    bits = int(ds.get("BitsStored", 16))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    ends = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
+    out = _modality_values(ds, ends)
+    return float(out.min()), float(out.max())
+
+
+def _log_exposure(ds: Dataset, values: np.ndarray) -> np.ndarray:
+    """For Processing data on a log-exposure scale, attenuation bright (``values`` is reused).
+
+    PixelIntensityRelationship and its Sign say how the stored values relate to the X-ray
+    intensity at the detector (PS3.3 C.8.11.3.1.2); PhotometricInterpretation does not change
+    that. Sign +1 means higher values = more X-rays reached the detector, so attenuation is the
+    negated log. The scale (1000 per e-fold) only keeps numbers familiar.
     """
     relationship = str(ds.get("PixelIntensityRelationship", "LIN")).upper()
-    sign = int(ds.get("PixelIntensityRelationshipSign", 1) or 1)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        sign = -sign  # already inverted above
+    sign = -1.0 if int(ds.get("PixelIntensityRelationshipSign", 1) or 1) < 0 else 1.0
     if relationship == "LIN":
-        values = np.log(np.maximum(values, 1.0)) * 1000.0
-    return -sign * values
+        np.maximum(values, np.float32(1.0), out=values)
+        np.log(values, out=values)
+        values *= np.float32(1000.0)
+    values *= np.float32(-sign)
+    return values
 
 
 def pixel_spacing_mm(ds: Dataset, config: ImagesConfig, warnings: list[str]) -> tuple[tuple[float, float], str]:

@@ -137,13 +137,21 @@ class Cluster:
 
 @dataclass(frozen=True)
 class ImageFindings:
-    """What detection found on one image (possibly nothing)."""
+    """What detection found on one image (possibly nothing).
+
+    ``spacing_mm``, ``chest_wall`` and ``nipple_rc`` (the tip of the breast outline, in
+    (row, col) pixels) place the clusters in the breast for CC / MLO correlation; None when
+    unknown (the image then takes no part in correlation).
+    """
 
     source: SourceRef
     clusters: tuple[Cluster, ...]
     seconds: float = 0.0
     laterality: Laterality | None = None
     view: View | None = None
+    spacing_mm: tuple[float, float] | None = None
+    chest_wall: Side | None = None
+    nipple_rc: tuple[float, float] | None = None
 
     @property
     def view_label(self) -> str:

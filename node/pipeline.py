@@ -7,6 +7,7 @@ decide where the datasets come from and go.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -18,10 +19,13 @@ from pydicom.dataset import Dataset
 
 from node import __version__
 from node.config import Config
+from node.detection.correlate import correlate, correlated_breasts, locate_nipple
 from node.detection.detector import detect
 from node.errors import NotAnalysableError, ReportError, UnusableImageError
 from node.images import display_pixels, source_ref, to_mammogram
-from node.model import Equipment, ImageFailure, ImageFindings, SourceRef, StudyFindings
+from node.model import (
+    Equipment, ImageFailure, ImageFindings, Mammogram, SourceRef, StudyFindings,
+)
 from node.reporting.gsps import build_gsps
 from node.reporting.overlay import build_overlay_sc
 from node.reporting.sr import build_cad_sr
@@ -68,7 +72,9 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime,
                   predecessor: SourceRef | None = None) -> StudyResult:
     """Analyse every image of one study and build the outputs the config asks for.
 
-    ``predecessor`` is the SR of this study's previous run, which the new SR supersedes.
+    After every image is analysed, the clusters of the CC and MLO views of each breast are
+    paired into composite findings (``detection.correlate``). ``predecessor`` is the SR of
+    this study's previous run, which the new SR supersedes.
     """
     if not datasets:
         raise ValueError("a study needs at least one dataset")
@@ -79,10 +85,9 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime,
         try:
             start = time.perf_counter()
             mammogram = to_mammogram(ds, config.images)
-            clusters = detect(mammogram.pixels, mammogram.spacing_mm, config.detection, mammogram.valid)
-            seconds = time.perf_counter() - start
-            analysed.append(ImageFindings(mammogram.source, clusters, seconds, mammogram.laterality, mammogram.view))
-            if clusters and "sc" in config.outputs:
+            found = _findings(mammogram, config)
+            analysed.append(dataclasses.replace(found, seconds=time.perf_counter() - start))
+            if found.clusters and "sc" in config.outputs:
                 # from the array decoded above: pydicom keeps it until decoding options change
                 try:
                     displays[uid] = display_pixels(ds, ds.pixel_array)
@@ -97,9 +102,21 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime,
             failures.append(ImageFailure(source_ref(ds), str(exc)))
             attempted.append(ds)
             log.warning("study %s image %s failed: %s", study_uid, uid, exc)
-    findings = StudyFindings(study_uid, tuple(analysed), tuple(failures))
+    findings = StudyFindings(study_uid, tuple(analysed), tuple(failures),
+                             composites=correlate(analysed),
+                             correlation_attempted=bool(correlated_breasts(analysed)))
     outputs = _outputs(attempted, displays, findings, config, now, predecessor) if attempted else ()
     return StudyResult(findings, outputs, tuple(skipped))
+
+
+def _findings(mammogram: Mammogram, config: Config) -> ImageFindings:
+    """Detection on one image, and where its nipple is (for CC / MLO correlation)."""
+    clusters = detect(mammogram.pixels, mammogram.spacing_mm, config.detection, mammogram.valid)
+    nipple = locate_nipple(mammogram.pixels, mammogram.spacing_mm, mammogram.chest_wall,
+                           config.detection, mammogram.valid)
+    return ImageFindings(mammogram.source, clusters, laterality=mammogram.laterality,
+                         view=mammogram.view, spacing_mm=mammogram.spacing_mm,
+                         chest_wall=mammogram.chest_wall, nipple_rc=nipple)
 
 
 def unanalysed_reason(result: StudyResult, notes: Sequence[str] = ()) -> str | None:

@@ -1,17 +1,23 @@
 """images.py: which objects are analysed, pixel normalisation, spacing, orientation."""
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+from pydicom.pixels import get_decoder
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from node.config import ImagesConfig
 from node.errors import NotAnalysableError, UnusableImageError
-from node.images import display_pixels, pixel_spacing_mm, to_mammogram
+from node.images import (
+    PREFERRED_DECODER, decode, decoding_plugin, display_pixels, pixel_spacing_mm, to_mammogram,
+)
 from node.model import Laterality, Side, View
 from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
+from node.testing.phantom import PhantomSpec, make_phantom
+from node.testing.study import phantom_dataset
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 IDENTITY = StudyIdentity(seed=11)
@@ -129,3 +135,101 @@ def test_every_real_file_is_analysed_or_refused_with_a_reason(path):
     assert m.pixels.dtype == np.float32 and m.pixels.shape == (ds.Rows, ds.Columns)
     assert m.laterality is not None
     assert 0.05 <= m.spacing_mm[0] <= 0.2
+
+
+# --- pixel polarity and the For Processing log transform (issue 3) -------------------------
+
+@pytest.fixture(scope="module")
+def small_phantom():
+    return make_phantom(PhantomSpec(rows=384, cols=320, spacing_mm=0.1, view="MLO", n_clusters=1, seed=31))
+
+
+def phantom_variant(phantom, *, for_processing: bool, monochrome1: bool):
+    """The phantom as a modality would send it. For Presentation MONOCHROME1 stores the inverted
+    log image (the display polarity is part of those values). For Processing stores the linear
+    exposure whatever the polarity: PixelIntensityRelationshipSign +1 says how stored values
+    relate to the X-rays, and MONOCHROME1 only asks a viewer to show high values dark
+    (PS3.3 C.8.11.3.1.2)."""
+    if not for_processing:
+        return phantom_dataset(phantom, IDENTITY, 1, monochrome1=monochrome1)
+    spec = phantom.spec
+    return make_mammo_dataset(phantom.processing, identity=IDENTITY, laterality=spec.laterality, view=spec.view,
+                              spacing_mm=spec.spacing_mm, bits_stored=14, monochrome1=monochrome1,
+                              for_processing=True)
+
+
+def test_for_processing_monochrome1_and_monochrome2_agree_up_to_an_affine_map(small_phantom):
+    m2 = to_mammogram(phantom_variant(small_phantom, for_processing=True, monochrome1=False))
+    m1 = to_mammogram(phantom_variant(small_phantom, for_processing=True, monochrome1=True))
+    assert m1.monochrome1 and m1.for_processing
+    assert np.corrcoef(m1.pixels.ravel(), m2.pixels.ravel())[0, 1] > 0.999
+
+
+@pytest.mark.parametrize("for_processing", [False, True], ids=["presentation", "processing"])
+@pytest.mark.parametrize("monochrome1", [False, True], ids=["MONOCHROME2", "MONOCHROME1"])
+def test_dense_is_bright_whatever_the_intent_and_polarity(small_phantom, for_processing, monochrome1):
+    m = to_mammogram(phantom_variant(small_phantom, for_processing=for_processing, monochrome1=monochrome1))
+    breast = small_phantom.breast_mask
+    # The For Presentation MONOCHROME2 image is bright = dense by construction.
+    reference = small_phantom.presentation[breast].astype(float)
+    assert np.corrcoef(m.pixels[breast], reference)[0, 1] > 0.99
+    assert m.pixels[breast].mean() > m.pixels[~breast].mean()  # air is the least dense
+    cluster = small_phantom.clusters[0]
+    speck_values = [m.pixels[round(r), round(c)] for r, c, _ in cluster.specks]
+    assert np.median(speck_values) > np.median(m.pixels[breast])
+
+
+def test_for_processing_log_data_follow_the_sign():
+    """LOG data with sign -1 (higher values = fewer X-rays) are already attenuation-bright."""
+    exposure = np.full((128, 96), 3000, np.uint16)
+    exposure[40:60, 30:50] = 3500
+    ds = make_mammo_dataset(exposure, identity=IDENTITY, laterality="L", view="CC", for_processing=True,
+                            bits_stored=12)
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1
+    m = to_mammogram(ds)
+    assert m.pixels[50, 40] - m.pixels[10, 10] == pytest.approx(500)
+    ds.PixelIntensityRelationshipSign = 1
+    m = to_mammogram(ds)
+    assert m.pixels[50, 40] - m.pixels[10, 10] == pytest.approx(-500)
+
+
+def test_monochrome1_is_inverted_after_the_modality_lut():
+    stored = ramp()
+    m2_ds = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC")
+    m1_ds = make_mammo_dataset(4095 - stored, identity=IDENTITY, laterality="R", view="CC", monochrome1=True)
+    for ds in (m1_ds, m2_ds):
+        ds.RescaleSlope, ds.RescaleIntercept = 0.5, 10
+    np.testing.assert_allclose(to_mammogram(m1_ds).pixels, to_mammogram(m2_ds).pixels)
+    np.testing.assert_allclose(to_mammogram(m2_ds).pixels, 0.5 * stored + 10)
+
+
+# --- decoders ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ts", [JPEG2000Lossless, JPEGLSLossless, RLELossless])
+def test_one_decoder_per_syntax_the_preferred_one_when_installed(ts):
+    available = get_decoder(ts).available_plugins
+    plugin = decoding_plugin(ts)
+    assert plugin in available
+    assert plugin == PREFERRED_DECODER[ts] or PREFERRED_DECODER[ts] not in available
+    assert decoding_plugin(ExplicitVRLittleEndian) == "" and decoding_plugin(None) == ""
+
+
+def test_decoding_twice_reuses_the_decoded_array():
+    ds = make_mammo_dataset(ramp(), identity=IDENTITY, laterality="R", view="CC", transfer_syntax=JPEGLSLossless)
+    first = decode(ds)
+    assert decode(ds) is first
+    np.testing.assert_array_equal(to_mammogram(ds).pixels, ramp())
+
+
+def test_a_corrupt_stream_is_not_handed_to_another_decoder():
+    ds = make_mammo_dataset(ramp(), identity=IDENTITY, laterality="R", view="CC", transfer_syntax=JPEGLSLossless)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    raw = bytearray(buffer.getvalue())
+    raw[-2000:-1800] = bytes(200)  # inside the JPEG-LS scan
+    damaged = pydicom.dcmread(io.BytesIO(bytes(raw)))
+    with pytest.raises(UnusableImageError, match="cannot be decoded") as caught:
+        decode(damaged)
+    others = set(get_decoder(JPEGLSLossless).available_plugins) - {decoding_plugin(JPEGLSLossless)}
+    assert not any(f"{name}:" in str(caught.value) for name in others)

@@ -138,3 +138,61 @@ def _bbox(mask: np.ndarray, factor: int, shape: tuple[int, int]) -> tuple[int, i
         int(cols[0] * factor),
         int(min(shape[1], (cols[-1] + 1) * factor)),
     )
+
+
+NIPPLE_TIP_MM = 1.5  # outline points this close to the farthest reach count as the breast's tip
+
+
+def nipple_position(
+    mask: np.ndarray,
+    spacing_mm: tuple[float, float],
+    chest_wall: str,
+    tip_mm: float = NIPPLE_TIP_MM,
+) -> tuple[float, float] | None:
+    """The nipple as the tip of the breast outline: the point farthest from the chest wall.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (rows, cols)
+        The breast, at any resolution (e.g. ``BreastMap.mask``).
+    spacing_mm : (float, float)
+        Row and column spacing of ``mask`` in mm.
+    chest_wall : {"left", "right"} or model.Side
+        The column side of the image on which the chest wall lies.
+    tip_mm : float
+        Rows whose outline reaches within ``tip_mm`` of the farthest reach belong to the tip;
+        the nipple row is the middle of the tip's run of rows (a coarse grid flattens the
+        tip into several rows of equal reach).
+
+    Returns
+    -------
+    (float, float) or None
+        (row, col) in ``mask``'s grid; None when the mask is empty or the breast runs off the
+        image edge opposite the chest wall (the nipple is not in the image).
+
+    Notes
+    -----
+    Distance from the chest wall is measured perpendicular to the image's chest-wall edge on
+    every view. On a CC view that edge stands for the chest wall. On an MLO view the chest wall
+    is the pectoral line, tilted against the edge, so the point found lies somewhat off the
+    true nipple along the outline; a shift along the outline changes a lesion's distance from
+    the nipple only to second order (lesions lie behind the nipple, roughly perpendicular to
+    the outline at the tip), which is what ipsilateral correlation uses it for.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or not mask.any():
+        return None
+    side = str(getattr(chest_wall, "value", chest_wall))
+    if side not in ("left", "right"):
+        raise ValueError(f"chest_wall must be 'left' or 'right', got {chest_wall!r}")
+    cols = mask.shape[1]
+    reach_px = np.arange(cols)[::-1] if side == "right" else np.arange(cols)
+    reach = np.where(mask, reach_px[None, :], -1).max(axis=1)  # per row; -1 on empty rows
+    farthest = int(reach.max())
+    if farthest >= cols - 1:
+        return None
+    tip = reach >= farthest - tip_mm / float(spacing_mm[1])
+    runs, _ = ndi.label(tip)
+    rows = np.flatnonzero(runs == runs[int(np.argmax(reach))])
+    col = cols - 1 - farthest if side == "right" else farthest
+    return (float(rows[0] + rows[-1]) / 2.0, float(col))

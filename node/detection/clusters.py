@@ -19,15 +19,29 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 OUTLINE_VERTICES_PER_SPECK = 12
 
 
-def group_points(points_mm: np.ndarray, link_distance_mm: float, min_members: int) -> list[np.ndarray]:
+def group_points(
+    points_mm: np.ndarray,
+    link_distance_mm: float,
+    min_members: int,
+    strong: np.ndarray | None = None,
+    weak_link_mm: float | None = None,
+) -> list[np.ndarray]:
     """Indices of the points of each single-linkage group with at least ``min_members``.
 
-    ``points_mm`` is (n, 2) positions in mm. Groups come largest first.
+    ``points_mm`` is (n, 2) positions in mm. Two points are linked when closer than
+    ``link_distance_mm``; when ``strong`` (bool per point) is given, a pair with a weak member
+    must be closer than ``weak_link_mm``, so that faint specks, most of which are noise on a
+    flat background, join a group only from close by and cannot bridge two groups. Groups come
+    largest first.
     """
     n = len(points_mm)
     if n < min_members:
         return []
     pairs = cKDTree(points_mm).query_pairs(link_distance_mm, output_type="ndarray")
+    if strong is not None and weak_link_mm is not None and len(pairs):
+        weak_pair = ~(strong[pairs[:, 0]] & strong[pairs[:, 1]])
+        gap = np.hypot(*(points_mm[pairs[:, 0]] - points_mm[pairs[:, 1]]).T)
+        pairs = pairs[~weak_pair | (gap <= weak_link_mm)]
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     count, labels = connected_components(graph, directed=False)
     sizes = np.bincount(labels, minlength=count)

@@ -14,6 +14,8 @@ This package never imports pydicom and never touches files.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from node.detection import classify
@@ -23,7 +25,7 @@ from node.detection.clusters import group_points, outline
 from node.detection.params import DetectionParams
 from node.model import Calcification, Cluster
 
-__all__ = ["DetectionParams", "detect"]
+__all__ = ["Candidate", "DetectionParams", "candidates", "detect"]
 
 
 def detect(
@@ -31,6 +33,7 @@ def detect(
     spacing_mm: tuple[float, float],
     params: DetectionParams = DetectionParams(),
     valid: np.ndarray | None = None,
+    threshold: float | None = None,
 ) -> tuple[Cluster, ...]:
     """Find suspicious microcalcification clusters.
 
@@ -44,43 +47,76 @@ def detect(
         Every length in mm.
     valid : ndarray of bool, optional
         False on padding pixels.
+    threshold : float, optional
+        The certainty a cluster needs; by default the one ``params.operating_point`` and
+        ``params.report_certainty`` give. Benchmarks pass 0 to sweep the whole curve.
 
     Returns
     -------
     tuple of Cluster
         Most certain first; centres and outlines in (row, col) pixels.
     """
+    if threshold is None:
+        threshold = classify.reporting_threshold(params)
+    found = [
+        _cluster(c, pixels.shape, spacing_mm, params)
+        for c in candidates(pixels, spacing_mm, params, valid)
+        if c.benign is None and c.certainty >= threshold
+    ]
+    return tuple(sorted(found, key=lambda c: -c.certainty))
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """A group of specks before the reporting threshold: its members, features, the benign
+    pattern it was recognised as (or None) and its certainty (0-100)."""
+
+    members: Objects
+    points_mm: np.ndarray
+    features: classify.ClusterFeatures
+    benign: str | None
+    certainty: float
+
+
+def candidates(
+    pixels: np.ndarray,
+    spacing_mm: tuple[float, float],
+    params: DetectionParams = DetectionParams(),
+    valid: np.ndarray | None = None,
+) -> list[Candidate]:
+    """Every group of at least ``min_cluster_specks`` specks, measured and scored (stages 1-5).
+
+    The same arguments as ``detect``; used by it and by the certainty fit
+    (``benchmarks/fit_certainty.py``).
+    """
     if pixels.ndim != 2 or min(pixels.shape) < 8:
         raise ValueError(f"expected a 2-D image of at least 8 x 8 pixels, got shape {pixels.shape}")
     pixels = np.asarray(pixels, dtype=np.float32)
     breast = segment_breast(pixels, spacing_mm, params, valid)
     if not breast.mask.any():
-        return ()
+        return []
     cnr, offset = contrast_to_noise(pixels, spacing_mm, breast, params)
     objects = find_objects(pixels, cnr, offset, spacing_mm, breast, params)
-    specks = objects.take(classify.is_speck(objects, params))
+    del cnr
     scale = np.asarray(spacing_mm, dtype=np.float64)
-    points_mm = np.column_stack([specks.row * scale[0], specks.col * scale[1]])
-    threshold = classify.reporting_threshold(params)
+    speck = classify.is_speck(objects, params)
+    context = classify.Context.build(objects, speck, scale, params)
+    specks = objects.take(speck)
+    points_mm = context.points_mm[speck]
     found = []
-    for members in group_points(points_mm, params.link_distance_mm, params.min_cluster_specks):
-        cluster = _cluster(specks.take(members), points_mm[members], pixels.shape, scale, params)
-        if cluster is not None and cluster.certainty >= threshold:
-            found.append(cluster)
-    return tuple(sorted(found, key=lambda c: -c.certainty))
+    strong = specks.peak_cnr >= params.strong_cnr
+    for members in group_points(points_mm, params.link_distance_mm, params.min_cluster_specks,
+                                strong, params.weak_link_mm):
+        group = specks.take(members)
+        features = classify.measure(group, points_mm[members], context)
+        found.append(Candidate(group, points_mm[members], features,
+                               classify.benign_reason(features, params), classify.certainty(features)))
+    return found
 
 
-def _cluster(
-    members: Objects,
-    points_mm: np.ndarray,
-    shape: tuple[int, int],
-    scale: np.ndarray,
-    params: DetectionParams,
-) -> Cluster | None:
-    features = classify.measure(members, points_mm)
-    if classify.benign_reason(features, params) is not None:
-        return None
-    pixel_mm = float(scale.mean())
+def _cluster(candidate: Candidate, shape: tuple[int, int], spacing_mm, params: DetectionParams) -> Cluster:
+    members, features = candidate.members, candidate.features
+    pixel_mm = float(np.mean(spacing_mm))
     margin_px = params.outline_margin_mm / pixel_mm
     centre = (float(members.row.mean()), float(members.col.mean()))
     radius = float(np.hypot(members.row - centre[0], members.col - centre[1]).max()) + margin_px
@@ -93,7 +129,7 @@ def _cluster(
         outline_rc=outline(members.row, members.col, margin_px, shape),
         radius_px=radius,
         calcifications=specks,
-        certainty=round(classify.certainty(features), 1),
+        certainty=round(candidate.certainty, 1),
         extent_mm=round(features.extent_mm, 2),
         morphology=classify.morphology(features),
         distribution=classify.distribution(features),

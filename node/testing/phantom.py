@@ -28,7 +28,8 @@ from node.testing.distractors import (
     PlacementError, add_object, ellipsoid_path, find_spot, irregular_path,
 )
 
-__all__ = ["ClusterTruth", "DistractorTruth", "Phantom", "PhantomSpec", "PlacementError",
+__all__ = ["ClusterPlacement", "ClusterTruth", "DistractorTruth", "Phantom", "PhantomSpec",
+           "PlacementError",
            "make_phantom", "random_spec", "CLUSTER_KINDS", "DISTRACTOR_KINDS"]
 
 CLUSTER_KINDS = ("pleomorphic", "linear_branching")
@@ -42,6 +43,28 @@ CLUSTER_SKIN_MARGIN_MM = 8.0
 
 
 @dataclass(frozen=True)
+class ClusterPlacement:
+    """Where (and optionally how big and of which kind) a cluster is wanted: its centre
+    ``distance_mm`` from the nipple at ``angle_deg``. Angle 0 points from the nipple straight
+    to the chest wall; positive angles turn towards the top of the image (row 0), within
+    (-90, 90). ``radius_mm`` (1.5-5) and ``kind`` default to random, as for other clusters."""
+
+    distance_mm: float
+    angle_deg: float = 0.0
+    radius_mm: float | None = None
+    kind: str | None = None
+
+    def __post_init__(self):
+        if self.distance_mm <= 0 or not -90 < self.angle_deg < 90:
+            raise ValueError(f"a placement needs distance_mm > 0 and -90 < angle_deg < 90, got "
+                             f"{self.distance_mm}, {self.angle_deg}")
+        if self.radius_mm is not None and not 1.5 <= self.radius_mm <= 5.0:
+            raise ValueError(f"radius_mm must be 1.5-5, got {self.radius_mm}")
+        if self.kind not in (None, *CLUSTER_KINDS):
+            raise ValueError(f"unknown cluster kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
 class PhantomSpec:
     """What to draw. ``spacing_mm`` is the square pixel spacing at the breast.
 
@@ -50,6 +73,10 @@ class PhantomSpec:
     ``cluster_kinds`` (cycled) picks each cluster's kind, else random. ``photons_per_mm2`` is
     the mean fluence reaching the detector behind the breast (automatic exposure control);
     default 2.5e5 /mm^2 (about 2500 photons per 0.1 mm pixel, 1200 per 0.07 mm pixel).
+    ``cluster_at`` places the first clusters as ClusterPlacement asks instead of at random;
+    when the wanted spot is not free (too near the skin or the pectoral muscle, or taken) the
+    nearest free angle at the same distance from the nipple is used. Empty (default): every
+    cluster placed at random.
     """
 
     rows: int = 512
@@ -64,6 +91,7 @@ class PhantomSpec:
     cluster_kinds: tuple[str, ...] | None = None
     photons_per_mm2: float | None = None
     chest_wall: str | None = None
+    cluster_at: tuple[ClusterPlacement, ...] = ()
 
     def __post_init__(self):
         if self.laterality not in ("R", "L") or self.view not in ("CC", "MLO"):
@@ -79,6 +107,10 @@ class PhantomSpec:
             raise ValueError(f"chest_wall must be left|right, got {self.chest_wall!r}")
         if min(self.rows, self.cols) < 64 or self.spacing_mm <= 0:
             raise ValueError("image must be at least 64 x 64 pixels with positive spacing")
+        if len(self.cluster_at) > self.n_clusters or not all(
+                isinstance(at, ClusterPlacement) for at in self.cluster_at):
+            raise ValueError(f"cluster_at needs at most n_clusters={self.n_clusters} "
+                             f"ClusterPlacement, got {self.cluster_at}")
 
     @property
     def side(self) -> str:
@@ -323,14 +355,54 @@ def _linear_branching(rng: np.random.Generator, radius_mm: float) -> list:
     raise PlacementError("could not string 5 fragments along the segments")
 
 
-def _draw_cluster(canvas: Canvas, rng: np.random.Generator, kind: str) -> ClusterTruth:
-    """Place one suspicious cluster >= 8 mm inside the skin and draw its specks; each has
-    its own calcium density (delta mu 1.0-2.2 /mm over tissue near 20 keV, between calcium
-    oxalate and hydroxyapatite deposits) so some are fainter than others."""
-    radius = rng.uniform(1.5, 5.0) if kind == "pleomorphic" else rng.uniform(2.0, 5.0)
+def _spot_at(canvas: Canvas, at: ClusterPlacement, radius_mm: float,
+             min_skin_mm: float, gap_mm: float = 2.0) -> tuple[float, float]:
+    """The free centre ``at.distance_mm`` from the nipple at ``at.angle_deg``, or at the
+    nearest free angle on that circle; the tests are ``find_spot``'s."""
+    distance_mm, wanted = at.distance_mm, at.angle_deg
+    sp, (nipple_r, nipple_c) = canvas.spacing_mm, canvas.nipple_rc
+    rows, cols = canvas.skin_mm.shape
+    to_chest = 1.0 if canvas.chest_mm[0, -1] < canvas.chest_mm[0, 0] else -1.0
+    angles = np.arange(-89.5, 90.0, 0.5)
+    angles = angles[np.argsort(np.abs(angles - wanted), kind="stable")]
+    r = nipple_r - distance_mm * np.sin(np.radians(angles)) / sp
+    c = nipple_c + to_chest * distance_mm * np.cos(np.radians(angles)) / sp
+    ok = (r >= 0) & (r <= rows - 1) & (c >= 0) & (c <= cols - 1)
+    ri = np.clip(np.rint(r).astype(int), 0, rows - 1)
+    ci = np.clip(np.rint(c).astype(int), 0, cols - 1)
+    ok &= canvas.skin_mm[ri, ci] >= min_skin_mm + radius_mm
+    ok &= canvas.chest_mm[ri, ci] >= radius_mm
+    if canvas.pectoral is not None:
+        reach = (radius_mm + 3.0) / sp
+        for orr, occ in ((0, 0), (-reach, 0), (0, reach), (0, -reach), (reach, 0)):
+            rr = np.clip(np.rint(r + orr).astype(int), 0, rows - 1)
+            cc = np.clip(np.rint(c + occ).astype(int), 0, cols - 1)
+            ok &= ~canvas.pectoral[rr, cc]
+    for orow, ocol, orad in canvas.occupied:
+        ok &= np.hypot(r - orow, c - ocol) * sp >= radius_mm + orad + gap_mm
+    hits = np.flatnonzero(ok)
+    if not hits.size:
+        raise PlacementError(f"no free spot {distance_mm:.1f} mm from the nipple for an object "
+                             f"of radius {radius_mm:.1f} mm")
+    return float(r[hits[0]]), float(c[hits[0]])
+
+
+def _draw_cluster(canvas: Canvas, rng: np.random.Generator, kind: str,
+                  at: ClusterPlacement | None = None) -> ClusterTruth:
+    """Place one suspicious cluster >= 8 mm inside the skin (at random, or where ``at``
+    asks) and draw its specks; each has its own calcium density (delta mu 1.0-2.2 /mm over
+    tissue near 20 keV, between calcium oxalate and hydroxyapatite deposits) so some are
+    fainter than others."""
+    if at is not None and at.radius_mm is not None:
+        radius = at.radius_mm
+    else:
+        radius = rng.uniform(1.5, 5.0) if kind == "pleomorphic" else rng.uniform(2.0, 5.0)
     while True:  # a small or crowded breast gets a smaller cluster rather than none
         try:
-            centre = find_spot(canvas, rng, radius + 0.3, CLUSTER_SKIN_MARGIN_MM)
+            if at is None:
+                centre = find_spot(canvas, rng, radius + 0.3, CLUSTER_SKIN_MARGIN_MM)
+            else:
+                centre = _spot_at(canvas, at, radius + 0.3, CLUSTER_SKIN_MARGIN_MM)
             break
         except PlacementError:
             if radius <= 1.5:
@@ -382,6 +454,14 @@ def _render(canvas: Canvas, n0: float, gain: float, psf_px: float,
     return presentation, processing
 
 
+def _cluster_kind(spec: PhantomSpec, i: int, rng: np.random.Generator) -> str:
+    """Cluster ``i``'s kind: the placement's, else ``cluster_kinds`` cycled, else random."""
+    if i < len(spec.cluster_at) and spec.cluster_at[i].kind is not None:
+        return spec.cluster_at[i].kind
+    kinds = spec.cluster_kinds or ()
+    return kinds[i % len(kinds)] if kinds else str(rng.choice(CLUSTER_KINDS))
+
+
 def make_phantom(spec: PhantomSpec) -> Phantom:
     """Render ``spec`` into a Phantom (pixels and ground truth).
 
@@ -393,11 +473,9 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     canvas = _canvas(spec, geom, _rng(spec, "anatomy", 1))
     n0, gain = _exposure(spec, canvas)  # from anatomy alone: objects must not change it
     cluster_rng = _rng(spec, "clusters")
-    kinds = spec.cluster_kinds or ()
-    clusters = tuple(
-        _draw_cluster(canvas, cluster_rng,
-                      kinds[i % len(kinds)] if kinds else str(cluster_rng.choice(CLUSTER_KINDS)))
-        for i in range(spec.n_clusters))
+    clusters = tuple(_draw_cluster(canvas, cluster_rng, _cluster_kind(spec, i, cluster_rng),
+                                   spec.cluster_at[i] if i < len(spec.cluster_at) else None)
+                     for i in range(spec.n_clusters))
     ordered = sorted(enumerate(spec.distractors), key=lambda item: DRAW_ORDER.index(item[1]))
     distractors = tuple(DRAWERS[kind](canvas, _rng(spec, kind, i)) for i, kind in ordered)
     presentation, processing = _render(canvas, n0, gain, geom.psf_px, _rng(spec, "noise"))
