@@ -173,10 +173,10 @@ def test_operating_point_moves_the_threshold_monotonically():
     assert low < mid < high
 
 
-def test_certainty_grows_with_count_and_contrast():
-    base = classify.ClusterFeatures(5, 5.0, 0.3, 6.0, 8.0, 0.3, 0.3, 1.2, 10.0)
-    more = classify.ClusterFeatures(12, 5.0, 0.3, 6.0, 8.0, 0.3, 0.3, 1.2, 10.0)
-    brighter = classify.ClusterFeatures(5, 5.0, 0.3, 9.0, 14.0, 0.3, 0.3, 1.2, 10.0)
+def test_certainty_grows_with_clear_members_and_contrast():
+    base = classify.ClusterFeatures(5, 5.0, 0.3, 6.0, 8.0, 0.3, 0.3, 1.2, 10.0, third_cnr=6.0, clear=3)
+    more = replace(base, count=12, clear=10)
+    brighter = replace(base, median_cnr=9.0, top_cnr=14.0, third_cnr=9.0)
     assert classify.certainty(more) > classify.certainty(base)
     assert classify.certainty(brighter) > classify.certainty(base)
 
@@ -636,3 +636,11 @@ def test_ring_levels_equal_nanpercentile_and_nanmedian():
     high, median = _ring_levels(ring)
     assert np.allclose(high, np.nanpercentile(ring, 80, axis=1), rtol=0, atol=1e-12)
     assert np.allclose(median, np.nanmedian(ring, axis=1), rtol=0, atol=1e-12)
+
+
+def test_one_clear_speck_with_two_noise_specks_is_scattered_not_a_cluster():
+    lone = replace(TRUE_CLUSTER, count=3, top_cnr=12.0, median_cnr=4.5, third_cnr=4.3, clear=1,
+                   elongation=1.2, mean_diameter_mm=0.3, alignment=0.0)
+    assert classify.benign_reason(lone, PARAMS) == "one clear speck among noise (scattered)"
+    assert classify.benign_reason(replace(lone, median_cnr=5.5), PARAMS) is None  # two clear
+    assert classify.benign_reason(replace(lone, count=4), PARAMS) is None  # four is a group

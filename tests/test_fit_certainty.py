@@ -76,11 +76,14 @@ def test_thresholds_leave_at_most_the_allowed_false_marks(seed):
 
 
 def test_thresholds_ignore_true_findings_and_are_zero_when_few_negatives():
-    images = [(0, [(90.0, True, 0), (95.0, True, 0), (30.0, False, -1)], 1), (1, [], 0)]
-    # 2 images: 0.5/image allows one false mark; the only negative is allowed at any threshold
+    images = [(0, [(90.0, True, 0), (95.0, True, 0), (30.0, False, -1)], 1)]
+    images += [(k, [], 0) for k in range(1, 20)]
     cuts = fc.thresholds(images, lambda c: c)
-    assert cuts[0] == 0.0
-    assert cuts[1:] == [pytest.approx(30.05)] * 4
+    for rate, cut in zip(fc.OPERATING_FP_RATES, cuts):
+        # one false mark in 20 images: allowed at any threshold when the rate allows one
+        expected = 0.0 if np.floor(rate * len(images)) >= 1 else pytest.approx(30.05)
+        assert cut == expected
+    assert cuts[0] == 0.0 and cuts[-1] == pytest.approx(30.05)
 
 
 def test_sensitivity_counts_a_truth_found_twice_once():

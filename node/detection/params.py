@@ -37,11 +37,10 @@ class DetectionParams:
         ``outline_margin_mm``: the drawn outline lies this far outside the member specks.
     Certainty
         ``operating_point``: where on the FROC curve to report, -1 (more sensitive) .. 1 (fewer
-        marks): -1, -0.5, 0, 0.5 and 1 are the certainty thresholds that gave 0.5, 0.2, 0.1,
-        0.05 and 0.02 false marks per tuning image (``weights.OPERATING_THRESHOLDS``).
+        marks): -1, -0.5, 0, 0.5 and 1 are the certainty thresholds that gave 0.1, 0.05, 0.02,
+        0.01 and 0.005 false marks per tuning image (``weights.OPERATING_THRESHOLDS``).
         ``report_certainty``: a floor; no cluster below this certainty (0-100) is reported,
-        whatever the operating point. The default 0.5 found as many tuning clusters as 0 with
-        half the false marks.
+        whatever the operating point.
     """
 
     mask_resolution_mm: float = field(default=0.8, metadata=_limits(0.2, 4.0))
@@ -59,4 +58,4 @@ class DetectionParams:
     max_cluster_extent_mm: float = field(default=15.0, metadata=_limits(2.0, 100.0))
     outline_margin_mm: float = field(default=1.5, metadata=_limits(0.0, 10.0))
     report_certainty: float = field(default=0.0, metadata=_limits(0.0, 100.0))
-    operating_point: float = field(default=0.5, metadata=_limits(-1.0, 1.0))
+    operating_point: float = field(default=0.0, metadata=_limits(-1.0, 1.0))
