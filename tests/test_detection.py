@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from node.detection import classify, weights
 from node.detection.breast import segment_breast
@@ -644,3 +645,25 @@ def test_one_clear_speck_with_two_noise_specks_is_scattered_not_a_cluster():
     assert classify.benign_reason(lone, PARAMS) == "one clear speck among noise (scattered)"
     assert classify.benign_reason(replace(lone, median_cnr=5.5), PARAMS) is None  # two clear
     assert classify.benign_reason(replace(lone, count=4), PARAMS) is None  # four is a group
+
+
+def test_a_group_whose_vessel_goes_on_beyond_its_ends_is_vascular():
+    group = replace(TRUE_CLUSTER, continued=3)
+    assert classify.benign_reason(group, PARAMS) == "a vessel going on beyond the group (vascular)"
+    assert classify.benign_reason(replace(group, continued=2), PARAMS) is None
+
+
+def test_continued_counts_elongated_objects_on_the_axis_beyond_the_ends_pointing_along():
+    # a group of 4 along the column axis (angle pi/2 in the row, col frame), then objects beyond
+    group = np.array([[10.0, 10.0], [10.0, 11.0], [10.0, 12.0], [10.2, 13.0]])
+    others = np.array([[10.1, 16.0], [10.0, 18.0], [9.9, 20.0],   # on the axis, pointing along
+                       [10.0, 22.0],                               # on the axis, pointing across
+                       [13.0, 17.0],                               # off the axis
+                       [10.0, 11.5]])                              # inside the group's span
+    points = np.vstack([group, others])
+    angle = np.array([np.pi / 2] * 7 + [0.0, np.pi / 2, np.pi / 2])
+    ratio = np.array([2.0] * 10)
+    context = classify.Context(points, np.ones(10, bool), np.zeros(10, bool),
+                               cKDTree(points), angle, ratio)
+    near = np.arange(4, 10)
+    assert classify._continued(group, near, context) == 3

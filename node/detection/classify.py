@@ -44,6 +44,10 @@ VASCULAR_MIN_LINEARITY = 0.85
 # such a track (4 of 4 vascular, 0 of 409 drawn-cluster groups on seeds 1000-1479).
 VASCULAR_ALIGNMENT = 0.8
 VASCULAR_FRAGMENT_ELONGATION = 1.25
+# Three or more elongated objects beyond the group's ends, on its axis and pointing along it: the
+# group is a stretch of a calcified vessel (1 of 1 such vascular group, 0 of about 480 drawn-cluster
+# groups, which had at most 2, on tuning seeds 1000-1419 and 2000-2079).
+VASCULAR_CONTINUED = 3
 VASCULAR_ELONGATION = 1.45
 VASCULAR_DASH_DIAMETER_MM = 0.55
 LINEAR_DISTRIBUTION = 0.75
@@ -70,7 +74,8 @@ class ClusterFeatures:
     ``parallel``: the share of members that are dashes with another dash beside them, across
     their own axis (0.7-2.5 mm across, less than 1.5 mm along): two parallel rows, the
     tram-track of a calcified vessel's walls. ``clear``: members of contrast-to-noise
-    ``CLEAR_CNR`` or more.
+    ``CLEAR_CNR`` or more. ``continued``: elongated objects beyond the group's ends, within
+    1.5 mm of its axis and pointing along it (a vessel going on).
     """
 
     count: int
@@ -89,6 +94,7 @@ class ClusterFeatures:
     nearest_mm: float = 0.0
     parallel: float = 0.0
     clear: int = 0
+    continued: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,12 +106,15 @@ class Context:
     speck: np.ndarray
     large: np.ndarray
     tree: cKDTree
+    angle: np.ndarray | None = None
+    ratio: np.ndarray | None = None
 
     @classmethod
     def build(cls, objects: Objects, speck: np.ndarray, scale: np.ndarray, params: DetectionParams):
         points = np.column_stack([objects.row * scale[0], objects.col * scale[1]])
         large = (objects.diameter_mm > params.max_speck_diameter_mm) | (objects.length_mm > params.max_speck_length_mm)
-        return cls(points, speck, large, cKDTree(points if len(points) else np.zeros((0, 2))))
+        return cls(points, speck, large, cKDTree(points if len(points) else np.zeros((0, 2))),
+                   objects.angle, objects.length_mm / np.maximum(objects.diameter_mm, 1e-6))
 
 
 def is_speck(objects: Objects, params: DetectionParams) -> np.ndarray:
@@ -126,12 +135,13 @@ def measure(members: Objects, points_mm: np.ndarray, context: Context | None = N
     cnr = np.sort(members.peak_cnr)[::-1]
     diameters = members.diameter_mm
     ratio = members.length_mm / np.maximum(members.diameter_mm, 1e-6)
-    large_near = specks_near = 0
+    large_near = specks_near = continued = 0
     if context is not None and len(context.points_mm):
         centre = points_mm.mean(axis=0)
         reach = float(np.hypot(*(points_mm - centre).T).max()) + CONTEXT_RADIUS_MM
         near = np.asarray(context.tree.query_ball_point(centre, reach), dtype=int)
         large_near = int(context.large[near].sum())
+        continued = _continued(points_mm, near, context)
         specks_near = max(int(context.speck[near].sum()) - len(members), 0)
     return ClusterFeatures(
         count=len(members),
@@ -150,7 +160,23 @@ def measure(members: Objects, points_mm: np.ndarray, context: Context | None = N
         nearest_mm=_nearest_mm(points_mm),
         parallel=_parallel(points_mm, members.angle, ratio),
         clear=int((cnr >= CLEAR_CNR).sum()),
+        continued=continued,
     )
+
+
+def _continued(points_mm: np.ndarray, near: np.ndarray, context: Context) -> int:
+    """Elongated objects outside the group lying on its axis and pointing along it: a vessel
+    that goes on beyond the group's ends."""
+    if len(points_mm) < 2 or context.angle is None or len(near) == 0:
+        return 0
+    _, vectors = np.linalg.eigh(np.cov(points_mm.T))
+    axis = vectors[:, -1]
+    offsets = context.points_mm[near] - points_mm.mean(axis=0)
+    along = np.abs(offsets @ axis)
+    across = np.abs(offsets @ vectors[:, 0])
+    beyond = along > np.abs((points_mm - points_mm.mean(axis=0)) @ axis).max() + 0.5
+    pointing = np.abs(np.cos(context.angle[near] - math.atan2(axis[1], axis[0]))) > 0.85
+    return int((beyond & (across < 1.5) & pointing & (context.ratio[near] >= 1.5)).sum())
 
 
 def _alignment(points_mm: np.ndarray, angles: np.ndarray, ratio: np.ndarray) -> float:
@@ -201,6 +227,8 @@ def benign_reason(f: ClusterFeatures, params: DetectionParams) -> str | None:
             (f.alignment > VASCULAR_ALIGNMENT and f.elongation > VASCULAR_ELONGATION)
             or (f.count <= 3 and f.elongation > VASCULAR_FRAGMENT_ELONGATION)):
         return "coarse dashes along one axis (vascular)"
+    if f.continued >= VASCULAR_CONTINUED:
+        return "a vessel going on beyond the group (vascular)"
     return None
 
 
