@@ -147,6 +147,30 @@ def add_object(line_integral: np.ndarray, centre_rc: tuple[float, float], radius
     line_integral[r0:r1, c0:c1] += (mu_per_mm * mean).astype(np.float32)
 
 
+def free_spots(canvas: Canvas, r: np.ndarray, c: np.ndarray, radius_mm: float, min_skin_mm: float, *,
+               max_skin_mm: float = np.inf, gap_mm: float = 2.0, min_chest_mm: float = 0.0,
+               avoid_pectoral: bool = True) -> np.ndarray:
+    """Which candidate centres (pixel rows ``r``, columns ``c`` inside the image) pass
+    ``find_spot``'s tests: deep enough in the skin, away from the chest wall, the pectoral
+    muscle and everything already placed."""
+    rows, cols = canvas.skin_mm.shape
+    sp = canvas.spacing_mm
+    ri = np.clip(np.rint(r).astype(int), 0, rows - 1)
+    ci = np.clip(np.rint(c).astype(int), 0, cols - 1)
+    skin = canvas.skin_mm[ri, ci]
+    ok = (skin >= min_skin_mm + radius_mm) & (skin <= max_skin_mm)
+    ok &= canvas.chest_mm[ri, ci] >= min_chest_mm + radius_mm
+    if avoid_pectoral and canvas.pectoral is not None:
+        reach = (radius_mm + 3.0) / sp
+        for orr, occ in ((0, 0), (-reach, 0), (0, reach), (0, -reach), (reach, 0)):
+            rr = np.clip(np.rint(r + orr).astype(int), 0, rows - 1)
+            cc = np.clip(np.rint(c + occ).astype(int), 0, cols - 1)
+            ok &= ~canvas.pectoral[rr, cc]
+    for orow, ocol, orad in canvas.occupied:
+        ok &= np.hypot(r - orow, c - ocol) * sp >= radius_mm + orad + gap_mm
+    return ok
+
+
 def find_spot(canvas: Canvas, rng: np.random.Generator, radius_mm: float, min_skin_mm: float, *,
               max_skin_mm: float = np.inf, gap_mm: float = 2.0, min_chest_mm: float = 0.0,
               avoid_pectoral: bool = True, rounds: int = 10) -> tuple[float, float]:
@@ -157,21 +181,10 @@ def find_spot(canvas: Canvas, rng: np.random.Generator, radius_mm: float, min_sk
     Raises PlacementError when none is found.
     """
     rows, cols = canvas.skin_mm.shape
-    sp = canvas.spacing_mm
     for _ in range(rounds):
         r, c = rng.uniform(0, rows - 1, 4096), rng.uniform(0, cols - 1, 4096)
-        ri, ci = np.rint(r).astype(int), np.rint(c).astype(int)
-        skin = canvas.skin_mm[ri, ci]
-        ok = (skin >= min_skin_mm + radius_mm) & (skin <= max_skin_mm)
-        ok &= canvas.chest_mm[ri, ci] >= min_chest_mm + radius_mm
-        if avoid_pectoral and canvas.pectoral is not None:
-            reach = (radius_mm + 3.0) / sp
-            for orr, occ in ((0, 0), (-reach, 0), (0, reach), (0, -reach), (reach, 0)):
-                rr = np.clip(np.rint(r + orr).astype(int), 0, rows - 1)
-                cc = np.clip(np.rint(c + occ).astype(int), 0, cols - 1)
-                ok &= ~canvas.pectoral[rr, cc]
-        for orow, ocol, orad in canvas.occupied:
-            ok &= np.hypot(r - orow, c - ocol) * sp >= radius_mm + orad + gap_mm
+        ok = free_spots(canvas, r, c, radius_mm, min_skin_mm, max_skin_mm=max_skin_mm, gap_mm=gap_mm,
+                        min_chest_mm=min_chest_mm, avoid_pectoral=avoid_pectoral)
         hits = np.flatnonzero(ok)
         if hits.size:
             return float(r[hits[0]]), float(c[hits[0]])

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from node.testing.distractors import (
     DISTRACTOR_KINDS, DRAW_ORDER, DRAWERS, MU_SOFT_EXCESS_PER_MM, Canvas, DistractorTruth,
-    PlacementError, add_object, ellipsoid_path, find_spot, irregular_path,
+    PlacementError, add_object, ellipsoid_path, find_spot, free_spots, irregular_path,
 )
 
 __all__ = ["ClusterPlacement", "ClusterTruth", "DistractorTruth", "Phantom", "PhantomSpec",
@@ -368,18 +368,7 @@ def _spot_at(canvas: Canvas, at: ClusterPlacement, radius_mm: float,
     r = nipple_r - distance_mm * np.sin(np.radians(angles)) / sp
     c = nipple_c + to_chest * distance_mm * np.cos(np.radians(angles)) / sp
     ok = (r >= 0) & (r <= rows - 1) & (c >= 0) & (c <= cols - 1)
-    ri = np.clip(np.rint(r).astype(int), 0, rows - 1)
-    ci = np.clip(np.rint(c).astype(int), 0, cols - 1)
-    ok &= canvas.skin_mm[ri, ci] >= min_skin_mm + radius_mm
-    ok &= canvas.chest_mm[ri, ci] >= radius_mm
-    if canvas.pectoral is not None:
-        reach = (radius_mm + 3.0) / sp
-        for orr, occ in ((0, 0), (-reach, 0), (0, reach), (0, -reach), (reach, 0)):
-            rr = np.clip(np.rint(r + orr).astype(int), 0, rows - 1)
-            cc = np.clip(np.rint(c + occ).astype(int), 0, cols - 1)
-            ok &= ~canvas.pectoral[rr, cc]
-    for orow, ocol, orad in canvas.occupied:
-        ok &= np.hypot(r - orow, c - ocol) * sp >= radius_mm + orad + gap_mm
+    ok &= free_spots(canvas, r, c, radius_mm, min_skin_mm, gap_mm=gap_mm)
     hits = np.flatnonzero(ok)
     if not hits.size:
         raise PlacementError(f"no free spot {distance_mm:.1f} mm from the nipple for an object "
