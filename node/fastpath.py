@@ -10,6 +10,13 @@ fragment is written straight to that file, exactly as pynetdicom's own decoder w
 Sta6 stays Sta6 for P-DATA). Every other PDU, and any TLS connection (no MSG_PEEK there), takes
 pynetdicom's path unchanged.
 
+The fragments go from the socket into page-aligned buffers, and from there to the file with
+O_DIRECT, by a writer thread while the next buffer fills. Through the page cache, ext4 spent
+more CPU per byte than the copy itself (a page, buffer heads and a delayed-allocation
+reservation per 4 KiB, then the writeback and freeing of each page), on the same thread that
+reads the socket, while the peer waits: see docs/benchmarks.md. Where O_DIRECT is not available
+(tmpfs, some network filesystems) the same buffers are written through the page cache.
+
 ``install`` puts it in place of ``DULServiceProvider._read_pdu_data`` (pynetdicom 3.0); it falls
 back to the original for every PDU it does not handle. A pynetdicom upgrade must re-check the
 private names read here (``_recv_pdu``, ``dimse.message._data_set_file``,
@@ -18,19 +25,27 @@ private names read here (``_recv_pdu``, ``dimse.message._data_set_file``,
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import select
 import socket
 import ssl
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable
 
 from pynetdicom import dul, evt
 
-_PEEK_BYTES = 12  # PDU type, reserved, PDU length; PDV item length, context ID, control header
+_HEADER_BYTES = 12  # PDU type, reserved, PDU length; PDV item length, context ID, control header
 _P_DATA_TF = 0x04
 _WAIT_FOR_MORE_S = 0.01  # how long to wait for the next fragment before handing back to pynetdicom
-_WRITEBACK_BYTES = 4 << 20  # start writing the file to disk every 4 MiB received
+_ALIGN = 4096  # O_DIRECT offsets, lengths and buffer addresses: a multiple of the page size
+_CHUNK = 2 << 20  # bytes per write; a multiple of _ALIGN
+_BUFFERS = 3  # per association: one filling, up to two being written
 _read_pdu_data = dul.DULServiceProvider._read_pdu_data
+_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="calcnode-write")
+_started: Callable[[str, int], None] | None = None  # see install
 
 
 def _fragment_file(provider):
@@ -53,77 +68,186 @@ def _read_pdu_fast(provider) -> None:
 
     While such fragments keep arriving (the peer is mid data set), they are read here in a loop:
     returning to pynetdicom's reactor with no event queued would make it sleep 1 ms per PDU.
+    Every byte read is in the file, and the file positioned after it, before this returns.
     """
     target = _fragment_file(provider)
-    if target is None or not _write_fragment(provider, target):
+    sock = provider.socket.socket if target is not None else None
+    length = _fragment_length(sock) if sock is not None else None
+    if length is None:
         return _read_pdu_data(provider)
-    sock = provider.socket.socket
-    # Nothing else runs on this thread meanwhile, so the checks of _fragment_file still hold,
-    # until _write_fragment queues an event (a PDU cut short): then pynetdicom takes over.
-    while not provider._kill_thread and provider.event_queue.empty():
-        if _write_fragment(provider, target, wait=False):
-            continue
-        ready, _, _ = select.select([sock], [], [], _WAIT_FOR_MORE_S)
-        if not ready or not _write_fragment(provider, target):
-            return
-
-
-def _write_fragment(provider, target, wait: bool = True) -> bool:
-    """Read one PDU and write it to ``target`` if it is a lone, non-final data set fragment;
-    False if it is not or (``wait`` False) its header has not fully arrived: nothing is read
-    then. A transport failure mid-PDU queues Evt17 as pynetdicom would."""
-    sock = provider.socket.socket
+    run = _Run(provider, target)
     try:
-        head = sock.recv(_PEEK_BYTES, socket.MSG_PEEK | (0 if wait else socket.MSG_DONTWAIT))
+        # Nothing else runs on this thread meanwhile, so the checks of _fragment_file still
+        # hold, until a PDU is cut short (then pynetdicom takes over with Evt17 queued).
+        while length is not None:
+            if provider._kill_thread:
+                return
+            if not run.receive(sock, length):
+                provider.event_queue.put("Evt17")  # transport closed mid-PDU
+                return
+            length = _fragment_length(sock, wait=False)
+            if length is None:
+                if not select.select([sock], [], [], _WAIT_FOR_MORE_S)[0]:
+                    return  # the peer paused: back to pynetdicom's reactor
+                length = _fragment_length(sock)
+    finally:
+        run.close()
+    # Another kind of PDU is waiting, usually the data set's last fragment: read it now, as
+    # pynetdicom's reactor would only after a sleep (it sleeps when a read queued no event).
+    _read_pdu_data(provider)
+
+
+def _fragment_length(sock, wait: bool = True) -> int | None:
+    """The fragment length of the next PDU if it is a lone, non-final data set fragment; None if
+    it is not or (``wait`` False) its header has not fully arrived. Nothing is consumed."""
+    try:
+        head = sock.recv(_HEADER_BYTES, socket.MSG_PEEK | (0 if wait else socket.MSG_DONTWAIT))
     except (OSError, ValueError):
-        return False
-    if len(head) < _PEEK_BYTES:
-        return False
+        return None
+    if len(head) < _HEADER_BYTES:
+        return None
     pdu_type, _, pdu_length, pdv_length, _, control = struct.unpack(">BBLLBB", head)
     if pdu_type != _P_DATA_TF or pdv_length + 4 != pdu_length or control & 0x03:
-        return False
-    size = 6 + pdu_length
-    buffer = getattr(provider, "calcnode_buffer", None)
-    if buffer is None or len(buffer) < size:
-        buffer = provider.calcnode_buffer = bytearray(size)
-    view = memoryview(buffer)
-    received = 0
+        return None
+    return pdu_length + 6 - _HEADER_BYTES
+
+
+class _Run:
+    """Consecutive fragments of one file, from the socket to the file through aligned buffers.
+
+    Buffer ``index`` holds the file's bytes from ``offset`` on. A full buffer is written by a
+    writer thread (O_DIRECT) and the next one fills meanwhile; ``close`` writes the rest."""
+
+    def __init__(self, provider, target):
+        self.target = target
+        self.buffers = getattr(provider, "calcnode_buffers", None)
+        if self.buffers is None:  # mmap: page-aligned, as O_DIRECT needs
+            self.buffers = provider.calcnode_buffers = [memoryview(mmap.mmap(-1, _CHUNK))
+                                                        for _ in range(_BUFFERS)]
+        self.writes: list[Future | None] = [None] * _BUFFERS
+        self.header = bytearray(_HEADER_BYTES)
+        target.flush()
+        start = target.tell()
+        self.direct = _open_direct(target.name)
+        # The bytes up to the next aligned offset go through the page cache (one partial page).
+        self.head = (-start) % _ALIGN if self.direct is not None else 0
+        self.offset = start + self.head
+        self.index = self.fill = 0
+        self.announce = _started is not None and not getattr(target, "calcnode_announced", False)
+
+    def receive(self, sock, length: int) -> bool:
+        """Read one PDU (its header was peeked) and keep its fragment; False if the connection
+        ended first."""
+        if not _recv_exactly(sock, memoryview(self.header)):
+            return False
+        while length:
+            if self.head:  # only at the start of a run
+                part = bytearray(min(self.head, length))
+                if not _recv_exactly(sock, memoryview(part)):
+                    return False
+                _pwrite(self.target.fileno(), memoryview(part), self.offset - self.head)
+                self.head -= len(part)
+                length -= len(part)
+                continue
+            take = min(_CHUNK - self.fill, length)
+            if not _recv_exactly(sock, self.buffers[self.index][self.fill:self.fill + take]):
+                return False
+            self.fill += take
+            length -= take
+            if self.fill == _CHUNK:
+                self._submit(_CHUNK)
+                self._settle(self.index).result()  # the next buffer is free (or raise)
+        return True
+
+    def _submit(self, size: int) -> None:
+        """Write the first ``size`` bytes of the current buffer (a multiple of _ALIGN, but for
+        the page cache) from a writer thread, and move on to the next buffer."""
+        view, offset = self.buffers[self.index][:size], self.offset
+        if self.direct is None:
+            write = _writers.submit(_pwrite, self.target.fileno(), view, offset)
+        else:
+            write = _writers.submit(_pwrite_direct, self.direct, self.target.fileno(), view, offset)
+        self.writes[self.index] = write
+        self.offset += size
+        self.fill -= size
+        self.index = (self.index + 1) % _BUFFERS
+        if self.announce:  # the file's first ``settled`` bytes are final once this write is done
+            self.announce, self.target.calcnode_announced = False, True
+            name, settled = self.target.name, self.offset
+            write.add_done_callback(lambda done: done.exception() is None and _started(name, settled))
+
+    def _settle(self, index: int) -> Future:
+        """Wait for the write from buffer ``index``; the write, done (``result()`` raises what
+        it raised, as the target's own write would have)."""
+        write, self.writes[index] = self.writes[index], None
+        if write is None:
+            write = Future()
+            write.set_result(None)
+        wait([write])
+        return write
+
+    def close(self) -> None:
+        """Write what is buffered, wait for every write, and leave the file positioned after it."""
+        try:
+            rest = self.fill
+            aligned = rest - rest % _ALIGN if self.direct is not None else rest
+            if aligned:
+                self._submit(aligned)
+            if rest > aligned:  # the last partial page, through the page cache
+                tail = self.buffers[self.index - 1 if aligned else self.index]
+                _pwrite(self.target.fileno(), tail[aligned:rest], self.offset)
+                self.offset += rest - aligned
+        finally:
+            done = [self._settle(index) for index in range(_BUFFERS)]  # even after a failure:
+            if self.direct is not None:  # no write may outlive its descriptor
+                os.close(self.direct)
+            self.target.seek(self.offset)
+        for write in done:
+            write.result()
+
+
+def _open_direct(path: str) -> int | None:
+    """A descriptor of ``path`` opened for O_DIRECT writes; None where the filesystem refuses."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT)
+    except (OSError, AttributeError):
+        return None
+
+
+def _recv_exactly(sock, view: memoryview) -> bool:
+    received, size = 0, len(view)
     try:
         while received < size:
-            got = sock.recv_into(view[received:size])
+            got = sock.recv_into(view[received:])
             if not got:
-                break
+                return False
             received += got
     except OSError:
-        pass
-    if received < size:
-        provider.event_queue.put("Evt17")  # transport closed mid-PDU
-        return True
-    target.write(view[_PEEK_BYTES:size])
-    _start_writeback(target)
+        return False
     return True
 
 
-def _start_writeback(target) -> None:
-    """Every ``_WRITEBACK_BYTES``, start writing what arrived since to disk, so that the fsync
-    before Success waits for the tail only (Linux starts asynchronous writeback of a range on
-    POSIX_FADV_DONTNEED), and drop the range before it from the page cache: it was written
-    back meanwhile. The page cache then stays a few MiB per association and its pages are
-    reused, instead of growing by every byte received (new pages cost far more to write into
-    on this kind of virtual machine; see docs/benchmarks.md). The first MiB stays cached: the
-    handler reads the header from it."""
-    end = target.tell()
-    started = max(getattr(target, "calcnode_started", 0), 1 << 20)
-    if end - started >= _WRITEBACK_BYTES:
-        target.flush()
-        fd = target.fileno()
-        os.posix_fadvise(fd, started, end - started, os.POSIX_FADV_DONTNEED)
-        dropped = max(getattr(target, "calcnode_dropped", 0), 1 << 20)
-        if started > dropped:
-            os.posix_fadvise(fd, dropped, started - dropped, os.POSIX_FADV_DONTNEED)
-        target.calcnode_dropped = started
-        target.calcnode_started = end
+def _pwrite(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
-def install() -> None:
+def _pwrite_direct(direct: int, cached: int, view: memoryview, offset: int) -> None:
+    """An O_DIRECT write; through the page cache (``cached``) where the filesystem accepted
+    O_DIRECT at open but refuses the write itself (EINVAL: it needs other alignments)."""
+    try:
+        _pwrite(direct, view, offset)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        _pwrite(cached, view, offset)
+
+
+def install(started: Callable[[str, int], None] | None = None) -> None:
+    """Put the fast path in place. ``started(path, size)`` is called once per data set file that
+    takes it, when its first ``size`` bytes (a few MiB) are final; on a writer thread, so it
+    must not block."""
+    global _started
+    _started = started
     dul.DULServiceProvider._read_pdu_data = _read_pdu_fast

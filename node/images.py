@@ -209,11 +209,13 @@ class _BoundedReader(io.BufferedReader):
         return super().read(size)
 
 
-def open_bounded(path) -> io.BufferedReader:
-    """A file opened for reading DICOM from untrusted senders (see _BoundedReader)."""
+def open_bounded(path, limit: int | None = None) -> io.BufferedReader:
+    """A file opened for reading DICOM from untrusted senders (see _BoundedReader); nothing
+    past its first ``limit`` bytes is read when given."""
     raw = io.FileIO(path, "r")
     reader = _BoundedReader(raw)
-    reader.raw_size = os.fstat(raw.fileno()).st_size
+    size = os.fstat(raw.fileno()).st_size
+    reader.raw_size = size if limit is None else min(size, limit)
     return reader
 
 

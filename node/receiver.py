@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pynetdicom
-from pydicom import dcmread
 from pydicom import uid as tsuid
-from pydicom.dataelem import RawDataElement
 from pynetdicom import AE, evt, sop_class
 
 from node import fastpath, images, security
@@ -33,17 +31,13 @@ from node.config import Config
 from node.errors import SpoolError
 from node.metrics import record_refused
 from node.model import InstanceRecord, Role, View
+from node.received import (  # noqa: F401  (the statuses and HEADER_TAGS are read from here too)
+    CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, HEADER_TAGS, OUT_OF_RESOURCES,
+    PROCESSING_FAILURE, SUCCESS, EarlyHeaders, Rejected, read_header, shown)
 from node.reporting.uids import is_valid_uid
 from node.spool import Spool
 
 log = logging.getLogger(__name__)
-
-# C-STORE response statuses (PS3.4 Annex B.2.3, PS3.7 Annex C)
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
 
 # A-ASSOCIATE-RJ result, source and diagnostic (PS3.8 9.3.4)
 REJECTED_PERMANENT, SERVICE_USER, NO_REASON_GIVEN = 0x01, 0x01, 0x01
@@ -72,20 +66,9 @@ TRANSFER_SYNTAXES = (
     tsuid.JPEG2000Lossless, tsuid.JPEG2000, tsuid.HTJ2KLossless, tsuid.HTJ2KLosslessRPCL,
     tsuid.HTJ2K, tsuid.RLELossless, tsuid.JPEGBaseline8Bit, tsuid.JPEGExtended12Bit,
 )
-HEADER_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-               "ImageLaterality", "Laterality", "ViewPosition", "ViewCodeSequence")
-UID_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-# (7FE0,0008) Float, (7FE0,0009) Double Float and (7FE0,0010) Pixel Data, little and big endian
-PIXEL_DATA_TAGS = {b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00", b"\xe0\x7f\x10\x00",
-                   b"\x7f\xe0\x00\x08", b"\x7f\xe0\x00\x09", b"\x7f\xe0\x00\x10"}
-
-
-class Rejected(Exception):
-    """A C-STORE that gets a failure status; ``status`` is one of the constants above."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
+# Headers of large data sets read while the rest arrives (fastpath's hook); one per process,
+# as the fast path is.
+EARLY_HEADERS = EarlyHeaders()
 
 
 def build_ae(config: Config) -> AE:
@@ -94,7 +77,7 @@ def build_ae(config: Config) -> AE:
     # pynetdicom's standard log handlers run on every PDU (about 210 per mammogram); our own
     # log has a line per association and per instance. Measured: about 8 % more images/s.
     pynetdicom._config.LOG_HANDLER_LEVEL = "none"
-    fastpath.install()
+    fastpath.install(started=EARLY_HEADERS.start)
     # Received datasets go to a temp file as they arrive instead of being held in memory.
     pynetdicom._config.STORE_RECV_CHUNKED_DATASET = True
     ae = AE(ae_title=listen.ae_title)
@@ -245,7 +228,7 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int:
     path = Path(event.dataset_path)
     try:
         header = read_header(path, str(event.request.AffectedSOPClassUID),
-                             str(event.request.AffectedSOPInstanceUID))
+                             str(event.request.AffectedSOPInstanceUID), EARLY_HEADERS.take(path))
         size = path.stat().st_size
         if spool.free_mb() - size / 1e6 < config.storage.min_free_mb:
             raise Rejected(OUT_OF_RESOURCES, f"less than {config.storage.min_free_mb} MB free")
@@ -268,68 +251,6 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int:
     return SUCCESS
 
 
-def read_header(path: Path, context_class: str, affected_uid: str):
-    """The header of a received file, checked against its request; raises Rejected.
-
-    Only the header is parsed, plus the 12 bytes that open the pixel data element: enough to
-    refuse a data set cut short without reading, let alone decoding, its pixels.
-    """
-    try:
-        with images.open_bounded(path) as fp:
-            header = dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
-            _check_complete(fp, header, path.stat().st_size)
-        found_class, found_uid = str(header.get("SOPClassUID", "")), str(header.get("SOPInstanceUID", ""))
-        uids = {keyword: str(header.get(keyword, "")) for keyword in UID_KEYWORDS}
-        images.laterality(header), images.view(header)  # record_from_header reads them: convert them here
-    except Rejected:
-        raise
-    except Exception as exc:  # pydicom converts values lazily and raises many types on damaged data
-        raise Rejected(CANNOT_UNDERSTAND, f"unreadable dataset ({type(exc).__name__}: "
-                                          f"{_shown(str(exc), 200)})") from None
-    if not found_class:
-        raise Rejected(CANNOT_UNDERSTAND, "the dataset has no SOP Class UID")
-    if found_class != context_class:
-        raise Rejected(DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                       f"dataset SOP Class {_shown(found_class)} is not the requested {context_class}")
-    if found_uid != affected_uid:
-        raise Rejected(CANNOT_UNDERSTAND, "dataset SOP Instance UID differs from the request's")
-    for keyword, value in uids.items():
-        if not is_valid_uid(value):
-            raise Rejected(CANNOT_UNDERSTAND, f"missing or invalid {keyword} {_shown(value)}")
-    return header
-
-
-def _check_complete(fp, header, size: int) -> None:
-    """Refuse a data set cut short: pydicom reads one without complaint (it seeks past the end
-    of the file over skipped values, and reads short values short)."""
-    end = fp.tell()
-    short = any(isinstance(e, RawDataElement) and e.length != 0xFFFFFFFF and e.value is not None
-                and len(e.value) < e.length for e in header.elements())
-    if end > size or short:
-        raise Rejected(CANNOT_UNDERSTAND, "dataset is truncated: its header ends in the middle "
-                                          "of an element")
-    head = fp.read(12)
-    implicit, little = header.original_encoding
-    if len(head) < 8 or head[:4] not in PIXEL_DATA_TAGS or implicit is None:
-        return  # no pixel data element follows (an SR, or a data set without pixels)
-    order = "little" if little else "big"
-    if implicit:
-        start, length = end + 8, int.from_bytes(head[4:8], order)
-    elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"UN"):
-        start, length = end + 12, int.from_bytes(head[8:12], order)
-    else:
-        start, length = end + 8, int.from_bytes(head[6:8], order)
-    if length != 0xFFFFFFFF and start + length > size:
-        raise Rejected(CANNOT_UNDERSTAND, f"dataset is truncated: its pixel data has "
-                                          f"{max(size - start, 0)} of {length} bytes")
-
-
-def _shown(value: str, limit: int = 80) -> str:
-    """A received value as a log line may show it: quoted, escaped, cut (never a line break)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def record_from_header(header, size: int, received_at: float, calling_ae: str,
                        association: str, path: str = "") -> InstanceRecord:
     """The spool record of an instance, from its header (read_header's, or repair.py's)."""
@@ -348,7 +269,7 @@ def record_from_header(header, size: int, received_at: float, calling_ae: str,
 def _request_uid(event) -> str:
     """The request's SOP Instance UID for a log line; quoted when it is not a valid UID."""
     uid = str(event.request.AffectedSOPInstanceUID)
-    return uid if is_valid_uid(uid) else _shown(uid)
+    return uid if is_valid_uid(uid) else shown(uid)
 
 
 def _disk_full(exc: Exception) -> bool:

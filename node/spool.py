@@ -139,7 +139,8 @@ def place_file(source: Path, target: Path, fsync: bool) -> None:
         with open(source, "rb") as handle:
             os.fsync(handle.fileno())
             # Clean now, and read once by a worker later: drop it from the page cache, so
-            # received images do not grow it by gigabytes (see fastpath._start_writeback).
+            # received images do not grow it by gigabytes (most of a large image never
+            # entered it: fastpath writes it with O_DIRECT).
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     try:
         os.replace(source, target)
