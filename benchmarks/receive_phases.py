@@ -93,6 +93,7 @@ class Timeline:
 
 
 def one_run(files: list[Path], work: Path, timeline: Timeline) -> float:
+    work.mkdir()
     port = receive.free_port()
     config = load_config(receive.write_config(work / "calcnode.yaml", port, work / "spool",
                                               {"complete_after_s": 600}, 1, {}))

@@ -41,8 +41,8 @@ _HEADER_BYTES = 12  # PDU type, reserved, PDU length; PDV item length, context I
 _P_DATA_TF = 0x04
 _WAIT_FOR_MORE_S = 0.01  # how long to wait for the next fragment before handing back to pynetdicom
 _ALIGN = 4096  # O_DIRECT offsets, lengths and buffer addresses: a multiple of the page size
-_CHUNK = 2 << 20  # bytes per write; a multiple of _ALIGN
-_BUFFERS = 3  # per association: one filling, up to two being written
+_CHUNK = 4 << 20  # bytes per write, a multiple of _ALIGN (4 MiB measured faster than 2 here)
+_BUFFERS = 2  # per association: one filling while the other is written (ext4 runs one at a time)
 _read_pdu_data = dul.DULServiceProvider._read_pdu_data
 _writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="calcnode-write")
 _started: Callable[[str, int], None] | None = None  # see install
