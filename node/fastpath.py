@@ -15,7 +15,7 @@ O_DIRECT, by a writer thread while the next buffer fills. Through the page cache
 more CPU per byte than the copy itself (a page, buffer heads and a delayed-allocation
 reservation per 4 KiB, then the writeback and freeing of each page), on the same thread that
 reads the socket, while the peer waits: see docs/benchmarks.md. Where O_DIRECT is not available
-(tmpfs, some network filesystems) the same buffers are written through the page cache.
+(a filesystem may refuse it) the same buffers are written through the page cache.
 
 ``install`` puts it in place of ``DULServiceProvider._read_pdu_data`` (pynetdicom 3.0); it falls
 back to the original for every PDU it does not handle. A pynetdicom upgrade must re-check the

@@ -31,9 +31,8 @@ from node.config import Config
 from node.errors import SpoolError
 from node.metrics import record_refused
 from node.model import InstanceRecord, Role, View
-from node.received import (  # noqa: F401  (the statuses and HEADER_TAGS are read from here too)
-    CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, HEADER_TAGS, OUT_OF_RESOURCES,
-    PROCESSING_FAILURE, SUCCESS, EarlyHeaders, Rejected, read_header, shown)
+from node.received import (
+    OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS, EarlyHeaders, Rejected, read_header, shown)
 from node.reporting.uids import is_valid_uid
 from node.spool import Spool
 

@@ -22,7 +22,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from node.model import InstanceRecord, Role, StudyState
-from node.receiver import HEADER_TAGS, record_from_header
+from node.received import HEADER_TAGS
+from node.receiver import record_from_header
 from node.spool import DB_NAME, Spool
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from node.config import Config
 from node.images import source_ref
 from node.model import Calcification, Cluster, ImageFindings, Laterality, StudyFindings, View
 from node.pipeline import equipment
-from node.receiver import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
+from node.received import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
 from node.reporting.gsps import build_gsps
 from node.reporting.sr import build_cad_sr
 from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset, test_uid

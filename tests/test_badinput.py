@@ -28,10 +28,11 @@ from node.config import Config, ImagesConfig
 from node.errors import CalcnodeError
 from node.images import read_file, to_mammogram
 from node.pipeline import analyse_study, unanalysed_reason
-from node.receiver import (
-    CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, IMAGE_CLASSES, OUT_OF_RESOURCES,
-    PROCESSING_FAILURE, SUCCESS, Rejected, read_header,
+from node.received import (
+    CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, PROCESSING_FAILURE,
+    SUCCESS, Rejected, read_header,
 )
+from node.receiver import IMAGE_CLASSES
 from node.reporting.uids import is_valid_uid
 from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
 from nodeproc import NodeProcess, node_config

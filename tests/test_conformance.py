@@ -14,7 +14,7 @@ import pytest
 from pydicom.sr.coding import Code
 from pynetdicom import sop_class
 
-from node import receiver
+from node import received, receiver
 from node.config import Config, ListenConfig
 from node.pipeline import analyse_study
 from node.reporting import codes as C
@@ -94,7 +94,7 @@ def test_implementation_identity_values(text):
 
 
 def test_every_store_status_the_scp_returns_is_documented(text):
-    statuses = {f"{receiver.__dict__[name]:04X}" for name in (
+    statuses = {f"{received.__dict__[name]:04X}" for name in (
         "SUCCESS", "OUT_OF_RESOURCES", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "CANNOT_UNDERSTAND",
         "PROCESSING_FAILURE")}
     documented = {row[0] for row in table_after(text, "C-STORE SCP status codes")}

@@ -24,7 +24,8 @@ from pynetdicom.dsutils import split_dataset
 
 from node import fastpath, received
 from node.config import parse_config
-from node.receiver import CANNOT_UNDERSTAND, Receiver
+from node.received import CANNOT_UNDERSTAND
+from node.receiver import Receiver
 from node.spool import Spool
 from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
 from nodeproc import node_config
