@@ -187,7 +187,13 @@ class StudyFindings:
     images: tuple[ImageFindings, ...]
     failures: tuple[ImageFailure, ...] = ()
     composites: tuple[CompositeFinding, ...] = ()
-    correlation_attempted: bool = False
+    # SOP Instance UIDs of the images the CC/MLO correlation compared (those of breasts with
+    # both views); empty when it was not attempted
+    correlated_images: tuple[str, ...] = ()
+
+    @property
+    def correlation_attempted(self) -> bool:
+        return bool(self.correlated_images)
 
     @property
     def cluster_count(self) -> int:

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from node import __version__
 from node.config import Config
-from node.detection.correlate import correlate, correlated_breasts, locate_nipple
+from node.detection.correlate import correlate, correlated_images, locate_nipple
 from node.detection.detector import detect
 from node.errors import NotAnalysableError, ReportError, UnusableImageError
 from node.images import display_pixels, source_ref, to_mammogram
@@ -104,7 +104,7 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime,
             log.warning("study %s image %s failed: %s", study_uid, uid, exc)
     findings = StudyFindings(study_uid, tuple(analysed), tuple(failures),
                              composites=correlate(analysed),
-                             correlation_attempted=bool(correlated_breasts(analysed)))
+                             correlated_images=correlated_images(analysed))
     outputs = _outputs(attempted, displays, findings, config, now, predecessor) if attempted else ()
     return StudyResult(findings, outputs, tuple(skipped))
 

@@ -16,7 +16,7 @@ from node.config import Config
 from node.detection.breast import nipple_position
 from node.detection.correlate import (
     NIPPLE_DISTANCE_TOLERANCE_MM, combined_certainty, correlate, correlated_breasts,
-    locate_nipple, nipple_distance_mm,
+    correlated_images, locate_nipple, nipple_distance_mm,
 )
 from node.detection.params import DetectionParams
 from node.model import Cluster, ImageFindings, Laterality, Side, SourceRef, View
@@ -113,6 +113,13 @@ def test_images_without_a_nipple_or_a_view_take_no_part():
     images = [image("cc", "R", "CC", cluster(30.0), nipple=None),
               image("mlo", "R", "MLO", cluster(30.0))]
     assert correlate(images) == () and correlated_breasts(images) == ()
+    assert correlated_images(images) == ()
+
+
+def test_the_images_compared_are_those_of_breasts_with_both_views():
+    images = [image("rcc", "R", "CC"), image("lcc", "L", "CC", cluster(30.0)),
+              image("rmlo", "R", "MLO"), image("rmlo2", "R", "MLO", nipple=None)]
+    assert correlated_images(images) == ("rcc", "rmlo")  # not the single left view, nor a nipple-less one
     unknown = [image("cc", "R", "CC", cluster(30.0)),
                ImageFindings(image("x", "R", "MLO").source, (cluster(30.0),), nipple_rc=NIPPLE,
                              spacing_mm=SPACING)]

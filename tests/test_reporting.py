@@ -79,8 +79,9 @@ def make_study(*, seed=1, findings=True, composite=True, failed=(), monochrome1=
     if findings and composite and not failed:
         composites = (CompositeFinding(((images[0].SOPInstanceUID, 0),
                                         (images[1].SOPInstanceUID, 0)), 83.0),)
+    correlated = tuple(i.source.sop_instance_uid for i in analysed) if composites else ()
     study = StudyFindings(identity.study_instance_uid, tuple(analysed), tuple(failures),
-                          composites, correlation_attempted=bool(composites))
+                          composites, correlated_images=correlated)
     return images, study
 
 
@@ -164,6 +165,19 @@ def test_sr_without_findings_says_succeeded():
     refs = [list(c.ReferencedContentItemIdentifier) for c in performed.ContentSequence
             if "ReferencedContentItemIdentifier" in c]
     assert refs == [[1, 2, k] for k in range(1, 5)]
+
+
+def test_summary_of_analyses_names_only_the_images_compared():
+    images, study = make_study(failed=("LMLO",), composite=False)
+    study = dataclasses.replace(study, correlated_images=(images[0].SOPInstanceUID, images[1].SOPInstanceUID))
+    sr = roundtrip(build_cad_sr(sources_of(images), study, EQUIPMENT, NOW))
+    assert check_cad_sr(sr, sources_of(images)) == []
+    analyses = sr.ContentSequence[4]
+    assert root_values(sr)[2] == "111222"  # Summary of Analyses: Succeeded
+    performed = analyses.ContentSequence[0].ContentSequence[0]
+    refs = [list(c.ReferencedContentItemIdentifier) for c in performed.ContentSequence
+            if "ReferencedContentItemIdentifier" in c]
+    assert refs == [[1, 2, 1], [1, 2, 2]]  # RCC and RMLO; not LCC, whose breast has one view here
 
 
 def test_sr_partial_failure_lists_both_branches():

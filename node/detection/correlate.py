@@ -66,7 +66,7 @@ from node.detection.params import DetectionParams
 from node.model import CompositeFinding, ImageFindings, Laterality, Side, View
 
 __all__ = ["NIPPLE_DISTANCE_TOLERANCE_MM", "EXTENT_RATIO_MAX", "EXTENT_FLOOR_MM",
-           "CERTAINTY_CAP", "combined_certainty", "correlate", "correlated_breasts",
+           "CERTAINTY_CAP", "combined_certainty", "correlate", "correlated_breasts", "correlated_images",
            "locate_nipple", "nipple_distance_mm"]
 
 NIPPLE_DISTANCE_TOLERANCE_MM = 15.0
@@ -137,6 +137,14 @@ def correlated_breasts(images: Sequence[ImageFindings]) -> tuple[Laterality, ...
     """The breasts with at least one CC and one MLO image whose nipple was found."""
     return tuple(side for side in (Laterality.RIGHT, Laterality.LEFT)
                  if _views(images, side, View.CC) and _views(images, side, View.MLO))
+
+
+def correlated_images(images: Sequence[ImageFindings]) -> tuple[str, ...]:
+    """SOP Instance UIDs of the images ``correlate`` compares: the CC and MLO images whose
+    nipple was found, of the breasts that have both (the SR's Summary of Analyses lists them)."""
+    breasts = correlated_breasts(images)
+    return tuple(i.source.sop_instance_uid for i in images
+                 if i.laterality in breasts and i.view in (View.CC, View.MLO) and _placeable(i))
 
 
 def _placed(images: list[ImageFindings]) -> list[_Placed]:

@@ -277,11 +277,12 @@ def _detections(ok_paths, failed_paths, equipment) -> Dataset:
     return _code("CONTAINS", C.SUMMARY_OF_DETECTIONS, status, branches)
 
 
-def _analyses(attempted: bool, ok_paths, equipment) -> Dataset:
-    if not (attempted and ok_paths):
+def _analyses(used_paths, equipment) -> Dataset:
+    """TID 4000's Summary of Analyses: the CC/MLO correlation, with the images it compared."""
+    if not used_paths:
         return _code("CONTAINS", C.SUMMARY_OF_ANALYSES, C.NOT_ATTEMPTED)
     branch = _container("INFERRED FROM", C.SUCCESSFUL_ANALYSES, [_performed(
-        C.ANALYSIS_PERFORMED, C.SPATIAL_COLLOCATION, ok_paths, equipment)])
+        C.ANALYSIS_PERFORMED, C.SPATIAL_COLLOCATION, used_paths, equipment)])
     return _code("CONTAINS", C.SUMMARY_OF_ANALYSES, C.SUCCEEDED, [branch])
 
 
@@ -347,7 +348,7 @@ def _content_tree(sources, findings, images, equipment) -> Dataset:
         _container("CONTAINS", C.IMAGE_LIBRARY, [_library_entry(src) for src in images]),
         _findings_summary(findings, lesions),
         _detections(ok_paths, failed_paths, equipment),
-        _analyses(findings.correlation_attempted, ok_paths, equipment),
+        _analyses([lib_paths[uid] for uid in findings.correlated_images], equipment),
     ]
     return _container(None, C.MAMMOGRAPHY_CAD_REPORT, children, template="4000")
 
