@@ -1,4 +1,5 @@
-"""The retry policy (dispatcher.decide) and the C-STORE status classification (sender.classify)."""
+"""The retry policy (dispatcher.decide), the C-STORE status classification (sender.classify) and
+the conversion for a destination that takes another transfer syntax (sender._store)."""
 
 import random
 
@@ -79,3 +80,47 @@ def test_empty_response_is_transient_never_success():
 
 def test_error_comment_is_kept_in_the_reason():
     assert "disk full" in classify(status(0xA700, "disk full")).reason
+
+
+def test_a_compressed_output_is_decoded_with_the_fastest_decoder_for_a_destination_without_it(
+        tmp_path, monkeypatch):
+    """sender._store: a destination that took only Explicit VR Little Endian for SC gets the same
+    instance decoded, by the decoder images.py prefers (pyjpegls for JPEG-LS, 6x faster here)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, SecondaryCaptureImageStorage
+
+    from node import images, sender
+    from node.testing.dicomfactory import test_uid
+
+    rgb = np.random.default_rng(5).integers(0, 256, (64, 48, 3), np.uint8)
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, test_uid("sc", 1)
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PlanarConfiguration = 64, 48, 3, 0
+    ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "RGB", 8, 8, 7
+    ds.PixelRepresentation = 0
+    ds.compress(JPEGLSLossless, rgb, encoding_plugin="pyjpegls")
+    path = tmp_path / "sc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    plugins, sent = [], []
+    original = Dataset.decompress
+
+    def recording(self, *args, **kwargs):
+        plugins.append(kwargs.get("decoding_plugin"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "decompress", recording)
+    context = SimpleNamespace(abstract_syntax=SecondaryCaptureImageStorage,
+                              transfer_syntax=[ExplicitVRLittleEndian])
+    assoc = SimpleNamespace(is_established=True, accepted_contexts=[context],
+                            send_c_store=lambda dataset: sent.append(dataset) or status(0x0000))
+    job_ = OutboxJob(1, str(ds.SOPInstanceUID), SecondaryCaptureImageStorage, "1.2", "pacs", str(path), 0, 0.0)
+    meta = SimpleNamespace(TransferSyntaxUID=JPEGLSLossless)
+    result = sender._store(assoc, job_, meta)
+    assert result.outcome is StoreOutcome.SUCCESS
+    assert plugins == [images.decoding_plugin(JPEGLSLossless)] == ["pyjpegls"]
+    [out] = sent
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert out.SOPInstanceUID == ds.SOPInstanceUID
+    assert np.array_equal(out.pixel_array, rgb)
