@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,35 +45,37 @@ PHASES = ("stream", "tail", "handler", "gap", "period")
 
 
 class Timeline:
-    """Timestamps of fast-path fragments and handler calls, and durations of named calls."""
+    """Timestamps of fast-path fragments and handler calls, and durations of named calls, from
+    wrappers put around them (``restore`` takes the wrappers off)."""
 
     def __init__(self):
         self.marks: list[tuple[str, float, float]] = []
         self.spent: dict[str, list[float]] = defaultdict(list)
+        self._wrapped: list[tuple[object, str]] = []
 
     def mark(self, owner, name: str, kind: str) -> None:
-        original = getattr(owner, name)
-
-        @functools.wraps(original)
-        def marked(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.marks.append((kind, start, time.perf_counter()))
-        setattr(owner, name, marked)
+        self._wrap(owner, name, lambda start, end: self.marks.append((kind, start, end)))
 
     def time(self, owner, name: str, label: str) -> None:
+        self._wrap(owner, name, lambda start, end: self.spent[label].append(end - start))
+
+    def _wrap(self, owner, name: str, record) -> None:
         original = getattr(owner, name)
 
         @functools.wraps(original)
-        def timed(*args, **kwargs):
+        def wrapped(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                self.spent[label].append(time.perf_counter() - start)
-        setattr(owner, name, timed)
+                record(start, time.perf_counter())
+        setattr(owner, name, wrapped)
+        self._wrapped.append((owner, name))
+
+    def restore(self) -> None:
+        for owner, name in reversed(self._wrapped):
+            setattr(owner, name, getattr(owner, name).__wrapped__)
+        self._wrapped.clear()
 
     def phases(self) -> dict[str, float]:
         """Median ms per phase over the images between the first and the last."""
@@ -92,7 +93,8 @@ class Timeline:
         return {name: 1000 * statistics.median(r[i] for r in rows) for i, name in enumerate(PHASES)}
 
 
-def one_run(files: list[Path], work: Path, timeline: Timeline) -> float:
+def one_run(files: list[Path], work: Path) -> float:
+    """Seconds storescu took to send ``files`` to a receiver in this process."""
     work.mkdir()
     port = receive.free_port()
     config = load_config(receive.write_config(work / "calcnode.yaml", port, work / "spool",
@@ -102,12 +104,7 @@ def one_run(files: list[Path], work: Path, timeline: Timeline) -> float:
     node = receiver.Receiver(config, spool)
     node.start()
     try:
-        start = time.perf_counter()
-        subprocess.run([receive.STORESCU, "--max-pdu", str(receive.PDU), "--max-send-pdu",
-                        str(receive.PDU), "-aec", "CALCNODE", receive.HOST, str(port), *map(str, files)],
-                       env=receive.DCMTK_ENV, check=True, timeout=120 + 10 * len(files),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - start
+        return receive.send(files, "CALCNODE", port, work / "storescu.log").seconds
     finally:
         node.stop()
         spool.close()
@@ -128,24 +125,22 @@ def main(argv=None) -> int:
             timeline = Timeline()
             timeline.mark(fastpath._Run, "receive", "fragment")
             timeline.mark(receiver, "handle_store", "handler")
-            timeline.time(fastpath._Run, "_settle", "disk waits (fast path)")
+            timeline.time(fastpath._Run, "_wait", "disk waits (fast path)")
             timeline.time(fastpath._Run, "close", "last writes (close)")
             timeline.time(receiver, "read_header", "header checks")
             timeline.time(spool_module, "place_file", "fsync + rename + fsync dir")
             timeline.time(spool_module.Spool, "adopt", "place_file + database commit")
             cpu = time.process_time()
-            seconds = one_run(files, Path(tmp, f"run{run}"), timeline)
+            try:
+                seconds = one_run(files, Path(tmp, f"run{run}"))
+            finally:
+                timeline.restore()
             cpu = 1000 * (time.process_time() - cpu) / len(files)
             phases = timeline.phases()
             print(f"[{run}] {len(files) / seconds:5.1f} images/s; receiver CPU {cpu:4.1f} ms/image; "
                   + ", ".join(f"{name} {value:4.1f}" for name, value in phases.items()) + " ms", flush=True)
             print("    per image: " + ", ".join(f"{label} {1000 * sum(v) / len(files):.2f} ms"
                                                 for label, v in timeline.spent.items()), flush=True)
-            for owner, name in ((fastpath._Run, "receive"), (receiver, "handle_store"),
-                                (fastpath._Run, "_settle"), (fastpath._Run, "close"),
-                                (receiver, "read_header"), (spool_module, "place_file"),
-                                (spool_module.Spool, "adopt")):
-                setattr(owner, name, getattr(owner, name).__wrapped__)
     return 0
 
 

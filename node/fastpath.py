@@ -156,7 +156,7 @@ class _Run:
             length -= take
             if self.fill == _CHUNK:
                 self._submit(_CHUNK)
-                self._settle(self.index).result()  # the next buffer is free (or raise)
+                self._wait(self.index)  # until the next buffer is free
         return True
 
     def _submit(self, size: int) -> None:
@@ -176,15 +176,12 @@ class _Run:
             name, settled = self.target.name, self.offset
             write.add_done_callback(lambda done: done.exception() is None and _started(name, settled))
 
-    def _settle(self, index: int) -> Future:
-        """Wait for the write from buffer ``index``; the write, done (``result()`` raises what
-        it raised, as the target's own write would have)."""
+    def _wait(self, index: int) -> None:
+        """Wait for the write from buffer ``index``; raise what it raised, as the target's own
+        write would have."""
         write, self.writes[index] = self.writes[index], None
-        if write is None:
-            write = Future()
-            write.set_result(None)
-        wait([write])
-        return write
+        if write is not None:
+            write.result()
 
     def close(self) -> None:
         """Write what is buffered, wait for every write, and leave the file positioned after it."""
@@ -198,8 +195,9 @@ class _Run:
                 _pwrite(self.target.fileno(), tail[aligned:rest], self.offset)
                 self.offset += rest - aligned
         finally:
-            done = [self._settle(index) for index in range(_BUFFERS)]  # even after a failure:
-            if self.direct is not None:  # no write may outlive its descriptor
+            done = [write for write in self.writes if write is not None]
+            wait(done)  # even after a failure: no write may outlive its descriptor
+            if self.direct is not None:
                 os.close(self.direct)
             self.target.seek(self.offset)
         for write in done:

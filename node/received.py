@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 
 from pydicom import dcmread
@@ -53,6 +54,7 @@ class _Parsed:
             self.after = fp.read(12)
         self.limit = limit
 
+    @cached_property
     def cut_short(self) -> bool:
         """Whether the header reaches past ``limit`` (pydicom reads a data set cut short without
         complaint: it seeks past the end over skipped values, and reads short values short)."""
@@ -96,12 +98,12 @@ def read_header(path: Path, context_class: str, affected_uid: str, early: _Parse
 def _whole(early: _Parsed) -> bool:
     """An early parse stands for the file when the header and the 12 bytes after it lie within
     what it read (any other answer needs the whole file: a parse then)."""
-    return early.end + 12 <= early.limit and not early.cut_short()
+    return early.end + 12 <= early.limit and not early.cut_short
 
 
 def _check_complete(parsed: _Parsed, size: int) -> None:
     """Refuse a data set cut short: in its header, or in its pixel data."""
-    if parsed.cut_short():
+    if parsed.cut_short:
         raise Rejected(CANNOT_UNDERSTAND, "dataset is truncated: its header ends in the middle "
                                           "of an element")
     head, end = parsed.after, parsed.end
