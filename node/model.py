@@ -139,7 +139,7 @@ class Cluster:
 class ImageFindings:
     """What detection found on one image (possibly nothing).
 
-    ``spacing_mm``, ``chest_wall`` and ``nipple_rc`` (the tip of the breast outline, in
+    ``spacing_mm`` and ``nipple_rc`` (the tip of the breast outline, in
     (row, col) pixels) place the clusters in the breast for CC / MLO correlation; None when
     unknown (the image then takes no part in correlation).
     """
@@ -150,7 +150,6 @@ class ImageFindings:
     laterality: Laterality | None = None
     view: View | None = None
     spacing_mm: tuple[float, float] | None = None
-    chest_wall: Side | None = None
     nipple_rc: tuple[float, float] | None = None
 
     @property

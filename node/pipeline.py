@@ -116,7 +116,7 @@ def _findings(mammogram: Mammogram, config: Config) -> ImageFindings:
                            config.detection, mammogram.valid)
     return ImageFindings(mammogram.source, clusters, laterality=mammogram.laterality,
                          view=mammogram.view, spacing_mm=mammogram.spacing_mm,
-                         chest_wall=mammogram.chest_wall, nipple_rc=nipple)
+                         nipple_rc=nipple)
 
 
 def unanalysed_reason(result: StudyResult, notes: Sequence[str] = ()) -> str | None:

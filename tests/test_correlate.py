@@ -45,7 +45,7 @@ def image(uid: str, laterality: str, view: str, *clusters: Cluster, nipple=NIPPL
           spacing=SPACING) -> ImageFindings:
     source = SourceRef("1.2.840.10008.5.1.4.1.1.1.2", uid, "1.2.3", "1.2")
     return ImageFindings(source, clusters, laterality=Laterality(laterality), view=View(view),
-                         spacing_mm=spacing, chest_wall=Side.RIGHT, nipple_rc=nipple)
+                         spacing_mm=spacing, nipple_rc=nipple)
 
 
 def members(composites) -> list[tuple[tuple[str, int], ...]]:

@@ -77,7 +77,7 @@ class AcrPhantom:
     ``presentation``: uint16 MONOCHROME2, 12 bits, bright = dense. ``block`` and ``insert``:
     ``(row0, row1, col0, col1)`` pixel bounds (half-open, rounded) of the phantom block and of
     the wax insert. ``n0``: photons per pixel of the unattenuated beam; ``gain``: For
-    Presentation values per unit of log exposure; ``psf_px``: detector PSF sigma.
+    Presentation values per unit of log exposure.
     """
 
     presentation: np.ndarray
@@ -88,7 +88,6 @@ class AcrPhantom:
     chest_wall: str
     n0: float
     gain: float
-    psf_px: float
 
     def photons_behind(self, region: str = "block") -> float:
         """Mean photons per pixel behind the block ("block") or the wax insert ("insert")."""
@@ -130,7 +129,7 @@ def make_acr_phantom(seed: int, *, spacing_mm: float = 0.07, rows: int | None = 
     n0, gain = phantom._exposure(spec, canvas)
     presentation, _ = phantom._render(canvas, n0, gain, PSF_PX, np.random.default_rng([seed, 0]))
     return AcrPhantom(presentation, spacing_mm, groups, _pixels(block_mm, spacing_mm, cols, flip),
-                      _pixels(insert_mm, spacing_mm, cols, flip), chest_wall, n0, gain, PSF_PX)
+                      _pixels(insert_mm, spacing_mm, cols, flip), chest_wall, n0, gain)
 
 
 def _layout(height_mm: float, width_mm: float, jitter_mm: np.ndarray):
