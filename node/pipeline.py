@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from node import __version__
 from node.config import Config
+from node.detection.breast import segment_breast
 from node.detection.correlate import correlate, correlated_images, locate_nipple
 from node.detection.detector import detect
 from node.errors import NotAnalysableError, ReportError, UnusableImageError
@@ -110,10 +111,12 @@ def analyse_study(datasets: Sequence[Dataset], config: Config, now: datetime,
 
 
 def _findings(mammogram: Mammogram, config: Config) -> ImageFindings:
-    """Detection on one image, and where its nipple is (for CC / MLO correlation)."""
-    clusters = detect(mammogram.pixels, mammogram.spacing_mm, config.detection, mammogram.valid)
-    nipple = locate_nipple(mammogram.pixels, mammogram.spacing_mm, mammogram.chest_wall,
-                           config.detection, mammogram.valid)
+    """Detection on one image, and where its nipple is (for CC / MLO correlation); the breast
+    is segmented once for both."""
+    pixels, spacing, params = mammogram.pixels, mammogram.spacing_mm, config.detection
+    breast = segment_breast(pixels, spacing, params, mammogram.valid)
+    clusters = detect(pixels, spacing, params, mammogram.valid, breast=breast)
+    nipple = locate_nipple(pixels, spacing, mammogram.chest_wall, params, mammogram.valid, breast)
     return ImageFindings(mammogram.source, clusters, laterality=mammogram.laterality,
                          view=mammogram.view, spacing_mm=mammogram.spacing_mm,
                          nipple_rc=nipple)

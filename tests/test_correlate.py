@@ -3,6 +3,7 @@ and the composite finding in the SR of a whole study."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from datetime import datetime
@@ -13,7 +14,9 @@ import pytest
 
 from conformance import DCIODVFY, DSRDUMP, check_cad_sr, run_dciodvfy, run_dsrdump, walk
 from node.config import Config
-from node.detection.breast import nipple_position
+from node import pipeline
+from node.detection import correlate as correlate_module, detector
+from node.detection.breast import nipple_position, segment_breast
 from node.detection.correlate import (
     NIPPLE_DISTANCE_TOLERANCE_MM, combined_certainty, correlate, correlated_breasts,
     correlated_images, locate_nipple, nipple_distance_mm,
@@ -22,8 +25,10 @@ from node.detection.params import DetectionParams
 from node.model import Cluster, ImageFindings, Laterality, Side, SourceRef, View
 from node.pipeline import analyse_study
 from node.reporting import codes as C
+from node.images import to_mammogram
+from node.testing.dicomfactory import StudyIdentity
 from node.testing.phantom import ClusterPlacement, PhantomSpec, make_phantom, random_spec
-from node.testing.study import write_study
+from node.testing.study import phantom_dataset, write_study
 from peers import require
 
 NIPPLE = (500.0, 100.0)
@@ -189,6 +194,24 @@ def test_locate_nipple_finds_the_phantom_nipple(view, chest_wall):
     found = locate_nipple(phantom.presentation.astype(np.float32), SPACING, chest_wall,
                           DetectionParams())
     assert nipple_distance_mm(found, phantom.nipple_rc, SPACING) <= 2.0, (found, phantom.nipple_rc)
+
+
+def test_the_pipeline_segments_each_image_once_for_detection_and_the_nipple(monkeypatch):
+    phantom = make_phantom(PhantomSpec(view="CC", chest_wall="right", n_clusters=1, seed=23))
+    mammogram = to_mammogram(phantom_dataset(phantom, StudyIdentity(23), 1))
+    params = Config().detection
+    clusters = detector.detect(mammogram.pixels, mammogram.spacing_mm, params, mammogram.valid)
+    nipple = locate_nipple(mammogram.pixels, mammogram.spacing_mm, mammogram.chest_wall, params,
+                           mammogram.valid)
+    calls = []
+    monkeypatch.setattr(pipeline, "segment_breast",
+                        lambda *args: calls.append(args) or segment_breast(*args))
+    for module in (detector, correlate_module):  # given the segmentation, neither segments again
+        monkeypatch.setattr(module, "segment_breast", lambda *args: pytest.fail("segmented twice"))
+    found = pipeline._findings(dataclasses.replace(mammogram, source=SourceRef("1.2", "1.2.3", "1.2", "1.2")),
+                               Config())
+    assert len(calls) == 1
+    assert found.clusters == clusters and found.nipple_rc == nipple  # the same answers
 
 
 # -- the phantom's correlated lesion -------------------------------------------------------

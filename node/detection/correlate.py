@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from node.detection.breast import nipple_position, segment_breast
+from node.detection.breast import BreastMap, nipple_position, segment_breast
 from node.detection.params import DetectionParams
 from node.model import CompositeFinding, ImageFindings, Laterality, Side, View
 
@@ -108,13 +108,16 @@ def combined_certainty(certainties: Sequence[float]) -> float:
 
 def locate_nipple(pixels: np.ndarray, spacing_mm: tuple[float, float], chest_wall: Side | str,
                   params: DetectionParams = DetectionParams(),
-                  valid: np.ndarray | None = None) -> tuple[float, float] | None:
+                  valid: np.ndarray | None = None,
+                  breast: BreastMap | None = None) -> tuple[float, float] | None:
     """The nipple of a float32 (rows, cols) image, bright = dense, in (row, col) pixels.
 
     Segments the breast on the detector's coarse grid (``segment_breast``) and takes the tip
     of its outline (``breast.nipple_position``); None when no tip lies inside the image.
+    ``breast``: that segmentation, when the caller has it already (the pipeline, from detection).
     """
-    breast = segment_breast(pixels, spacing_mm, params, valid)
+    if breast is None:
+        breast = segment_breast(pixels, spacing_mm, params, valid)
     f = breast.factor
     tip = nipple_position(breast.mask, (spacing_mm[0] * f, spacing_mm[1] * f), chest_wall)
     if tip is None:

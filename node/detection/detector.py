@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from node.detection import classify
-from node.detection.breast import segment_breast
+from node.detection.breast import BreastMap, segment_breast
 from node.detection.candidates import Objects, contrast_to_noise, find_objects
 from node.detection.clusters import group_points, outline
 from node.detection.params import DetectionParams
@@ -34,6 +34,7 @@ def detect(
     params: DetectionParams = DetectionParams(),
     valid: np.ndarray | None = None,
     threshold: float | None = None,
+    breast: BreastMap | None = None,
 ) -> tuple[Cluster, ...]:
     """Find suspicious microcalcification clusters.
 
@@ -50,6 +51,8 @@ def detect(
     threshold : float, optional
         The certainty a cluster needs; by default the one ``params.operating_point`` and
         ``params.report_certainty`` give. Benchmarks pass 0 to sweep the whole curve.
+    breast : BreastMap, optional
+        ``segment_breast(pixels, spacing_mm, params, valid)``, when the caller has it already.
 
     Returns
     -------
@@ -60,7 +63,7 @@ def detect(
         threshold = classify.reporting_threshold(params)
     found = [
         _cluster(c, pixels.shape, spacing_mm, params)
-        for c in candidates(pixels, spacing_mm, params, valid)
+        for c in candidates(pixels, spacing_mm, params, valid, breast)
         if c.benign is None and c.certainty >= threshold
     ]
     return tuple(sorted(found, key=lambda c: -c.certainty))
@@ -83,6 +86,7 @@ def candidates(
     spacing_mm: tuple[float, float],
     params: DetectionParams = DetectionParams(),
     valid: np.ndarray | None = None,
+    breast: BreastMap | None = None,
 ) -> list[Candidate]:
     """Every group of at least ``min_cluster_specks`` specks, measured and scored (stages 1-5).
 
@@ -92,7 +96,8 @@ def candidates(
     if pixels.ndim != 2 or min(pixels.shape) < 8:
         raise ValueError(f"expected a 2-D image of at least 8 x 8 pixels, got shape {pixels.shape}")
     pixels = np.asarray(pixels, dtype=np.float32)
-    breast = segment_breast(pixels, spacing_mm, params, valid)
+    if breast is None:
+        breast = segment_breast(pixels, spacing_mm, params, valid)
     if not breast.mask.any():
         return []
     cnr, offset = contrast_to_noise(pixels, spacing_mm, breast, params)
