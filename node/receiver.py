@@ -34,7 +34,7 @@ from node.model import InstanceRecord, Role, View
 from node.received import (
     OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS, EarlyHeaders, Rejected, read_header, shown)
 from node.reporting.uids import is_valid_uid
-from node.spool import Spool
+from node.spool import CONNECTION_CLOSED, Spool
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def handlers(spool: Spool, config: Config, clock: Callable[[], float],
         (evt.EVT_ACCEPTED, _opened, [spool, clock]),
         (evt.EVT_RELEASED, _closed, [spool, clock, notify, "released"]),
         (evt.EVT_ABORTED, _closed, [spool, clock, notify, "aborted"]),
-        (evt.EVT_CONN_CLOSE, _closed, [spool, clock, notify, "connection closed"]),
+        (evt.EVT_CONN_CLOSE, _closed, [spool, clock, notify, CONNECTION_CLOSED]),
         (evt.EVT_C_ECHO, _echo),
         (evt.EVT_C_STORE, handle_store, [spool, config, clock, notify]),
     ]
@@ -118,7 +118,9 @@ def _tune_socket(event, timeout_s: float, spool: Spool, clock) -> None:
     """TCP_NODELAY, because Nagle's algorithm delays the small PDUs of each C-STORE exchange;
     and a timeout on every receive, because pynetdicom's network timeout only runs between
     PDUs and an accepted socket is blocking: a peer that stalls in the middle of a PDU would
-    otherwise hold its association (and its slot) for ever. Then, with TLS, the handshake."""
+    otherwise hold its association (and its slot) for ever. Then, with TLS, the handshake.
+    First, the association's reactors are set to wake when work arrives (fastpath.watch)."""
+    fastpath.watch(event.assoc)
     try:
         sock = event.assoc.dul.socket.socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -198,7 +200,7 @@ def _closed(event, spool: Spool, clock, notify, outcome: str) -> None:
         _drop_partial(event.assoc)
     if hasattr(event.assoc, "calcnode_id"):
         spool.association_closed(event.assoc.calcnode_id, outcome, clock())
-        if outcome != "connection closed":
+        if outcome != CONNECTION_CLOSED:
             log.info("association %s %s", event.assoc.calcnode_id, outcome)
         notify()
 

@@ -36,6 +36,7 @@ from node.reporting.uids import is_valid_uid
 
 DB_NAME = "state.sqlite3"
 MAMMOGRAPHY_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"
+CONNECTION_CLOSED = "connection closed"  # an association's outcome when its transport closed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -268,9 +269,13 @@ class Spool:
                        (association_id, calling_ae, called_ae, address, now))
 
     def association_closed(self, association_id: str, outcome: str, now: float) -> None:
+        """The first outcome stays, except "connection closed": the peer closes the connection
+        as soon as it has the A-RELEASE response, and pynetdicom's reader thread may report
+        that before the association's own thread reports the release."""
         with self.transaction() as db:
-            db.execute("UPDATE associations SET ended_at = ?, outcome = ? WHERE id = ?"
-                       " AND ended_at IS NULL", (now, outcome, association_id))
+            db.execute("UPDATE associations SET ended_at = COALESCE(ended_at, ?), outcome = ?"
+                       " WHERE id = ? AND (ended_at IS NULL OR outcome = ?)",
+                       (now, outcome, association_id, CONNECTION_CLOSED))
 
     def association_refused(self, association_id: str, calling_ae: str, called_ae: str,
                             address: str, now: float, outcome: str) -> None:

@@ -3,15 +3,20 @@
 End to end on loopback: DCMTK's storescu sends large data sets to an in-process receiver, which
 must keep them byte for byte whatever the PDU size, with O_DIRECT or through the page cache; the
 header read while a data set arrives must stand in for the handler's own read only when it is
-whole. Unit tests cover the header read from a file's first bytes, and a filesystem that takes
-O_DIRECT at open but refuses the write.
+whole. Unit tests cover the header read from a file's first bytes, a filesystem that takes
+O_DIRECT at open but refuses the write, the write buffers, and the reactors' wake-ups.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import queue
+import socket
 import tempfile
+import threading
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +144,90 @@ def test_large_data_sets_are_kept_byte_for_byte_with_o_direct(receiver, images, 
 
 def uid_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_the_reactors_of_a_receiving_association_are_woken_by_their_work(receiver, images, monkeypatch):
+    require(STORESCU)
+    port, spool = receiver
+    woken = []
+    clear = fastpath.Wake.clear
+
+    def counting(self):
+        woken.append(self.is_set())
+        clear(self)
+
+    monkeypatch.setattr(fastpath.Wake, "clear", counting)
+    send_and_check(port, spool, [images["odd-size"], images["full-field"]])
+    # each C-STORE wakes the association (message complete) and the DUL (response queued)
+    assert sum(woken) >= 4, f"{sum(woken)} of {len(woken)} polls ended by a wake"
+
+
+def test_the_write_buffers_are_aligned_to_huge_pages_and_do_not_overlap():
+    buffers = fastpath._buffers()
+    assert len(buffers) == fastpath._BUFFERS and all(len(b) == fastpath._CHUNK for b in buffers)
+    first = np.frombuffer(buffers[0], np.uint8)
+    assert first.ctypes.data % fastpath._HUGE_PAGE == 0
+    buffers[0][:] = b"\x01" * fastpath._CHUNK
+    buffers[1][:] = b"\x02" * fastpath._CHUNK
+    assert bytes(buffers[0][-1:]) == b"\x01" and bytes(buffers[1][:1]) == b"\x02"
+
+
+def sleeping(target, seconds: float, watched: bool, dul_socket=None) -> tuple[threading.Thread, list]:
+    """A thread (a DUL's when ``dul_socket`` is given) that sleeps through fastpath.sleep."""
+    took = []
+
+    def run():
+        thread = threading.current_thread()
+        if watched:
+            thread.calcnode_wake = target
+        start = time.monotonic()
+        fastpath.sleep(seconds)
+        took.append(time.monotonic() - start)
+
+    if dul_socket is None:
+        thread = threading.Thread(target=run)
+    else:
+        thread = dul.DULServiceProvider.__new__(dul.DULServiceProvider)
+        threading.Thread.__init__(thread, target=run)
+        thread.socket = types.SimpleNamespace(socket=dul_socket)
+    thread.start()
+    return thread, took
+
+
+def test_a_watched_poll_ends_when_its_queue_gets_an_item(monkeypatch):
+    monkeypatch.setattr(fastpath, "_POLL_S", 10.0)  # a poll long enough to see it cut short
+    wake, items = fastpath.Wake(), queue.Queue()
+    fastpath._wake_on_put(items, wake)
+    thread, took = sleeping(wake, 10.0, watched=True)
+    time.sleep(0.05)
+    items.put_nowait("work")
+    thread.join(5)
+    assert took and took[0] < 5 and items.get_nowait() == "work" and not wake.is_set()
+
+
+def test_a_dul_poll_ends_when_its_socket_has_data(monkeypatch):
+    monkeypatch.setattr(fastpath, "_POLL_S", 10.0)
+    ours, peer = socket.socketpair()
+    try:
+        thread, took = sleeping(fastpath.Wake(), 10.0, watched=True, dul_socket=ours)
+        time.sleep(0.05)
+        peer.send(b"x")
+        thread.join(5)
+        assert took and took[0] < 5
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_other_threads_and_longer_sleeps_sleep_in_full(monkeypatch):
+    monkeypatch.setattr(fastpath, "_POLL_S", 0.05)
+    wake = fastpath.Wake()
+    wake.set()
+    longer, took_longer = sleeping(wake, 0.2, watched=True)  # longer than a reactor's poll
+    other, took_other = sleeping(wake, 0.04, watched=False)  # a thread nobody watches
+    longer.join(5)
+    other.join(5)
+    assert took_longer[0] >= 0.19 and took_other[0] >= 0.035
 
 
 def test_without_o_direct_the_same_bytes_go_through_the_page_cache(receiver, images, monkeypatch):

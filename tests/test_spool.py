@@ -138,3 +138,18 @@ def test_retry_requeues_failed_deliveries(spool):
     assert [j.output_uid for j in outbox.due("pacs", 60.0)] == [first.output_uid]
     summary = outbox.summary()[0]
     assert (summary.pending, summary.failed) == (2, 0)
+
+
+@pytest.mark.parametrize("first, second, kept", [
+    ("connection closed", "released", "released"),  # the reader thread saw the close first
+    ("released", "connection closed", "released"),
+    ("aborted", "connection closed", "aborted"),
+    ("connection closed", "connection closed", "connection closed"),
+])
+def test_an_association_keeps_its_first_outcome_but_a_release_explains_a_close(spool, first, second,
+                                                                               kept):
+    spool.association_opened("a2", "MODALITY", "CALCNODE", "127.0.0.1:2", 1.0)
+    spool.association_closed("a2", first, 2.0)
+    spool.association_closed("a2", second, 3.0)
+    row = spool.db().execute("SELECT ended_at, outcome FROM associations WHERE id = 'a2'").fetchone()
+    assert (row["ended_at"], row["outcome"]) == (2.0, kept)
