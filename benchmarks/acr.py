@@ -37,12 +37,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import matches  # noqa: E402  (benchmarks/bench_common.py, beside this script)
 from node.detection.detector import candidates, detect  # noqa: E402
 from node.detection.params import DetectionParams  # noqa: E402
 from node.testing.acr import ACR_SPECK_DIAMETERS_MM, make_acr_phantom  # noqa: E402
 
 SEED_BASE = 700000
-MATCH_MARGIN_MM = 3.0
 ON_SPECK_MM = 0.5
 ACCEPT_MIN_DIAMETER_MM = 0.24
 
@@ -57,8 +57,7 @@ def analyse(seed: int, spacing_mm: float, params: DetectionParams) -> dict:
     for group in acr.groups:
         best = None
         for i, cluster in enumerate(clusters):
-            distance_mm = np.hypot(*np.subtract(cluster.centre_rc, group.centre_rc)) * spacing_mm
-            if distance_mm <= group.radius_mm + MATCH_MARGIN_MM:
+            if matches(cluster.centre_rc, group, spacing_mm):
                 matched.add(i)
                 if best is None or cluster.certainty > best.certainty:
                     best = cluster

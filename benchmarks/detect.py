@@ -55,6 +55,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from acr import acr_report  # noqa: E402  (benchmarks/acr.py, beside this script)
+from bench_common import ONE_THREAD, SIZES, matches  # noqa: E402
 from node.detection.classify import reporting_threshold  # noqa: E402
 from node.detection.detector import detect  # noqa: E402
 from node.detection.params import DetectionParams  # noqa: E402
@@ -64,10 +65,6 @@ from node.testing.phantom import DISTRACTOR_KINDS, make_phantom, random_spec  # 
 from node.testing.study import phantom_dataset  # noqa: E402
 
 SETS = {"tune": 1000, "bench-a": 500000, "bench-b": 900000}
-SIZES = {  # (rows, cols, spacing_mm): the two common full-field detector formats
-    "full": ((4096, 3328, 0.07), (2294, 1914, 0.1)),
-    "small": ((1024, 832, 0.1),),
-}
 # name: (transfer syntax, MONOCHROME1, For Processing, share of the images)
 VARIANTS = {
     "plain": (ExplicitVRLittleEndian, False, False, 0.5),
@@ -78,12 +75,10 @@ VARIANTS = {
     "j2k": (JPEG2000Lossless, False, False, 0.1),
 }
 DECODE_ONLY = {"rle": (RLELossless, False, False, 0.0)}  # in the speed section's decoder table
-MATCH_MARGIN_MM = 3.0
 BLAME_MARGIN_MM = 5.0
 FROC_FP_RATES = (0.05, 0.1, 0.2, 0.5)
 SPEED_SHAPE = (4096, 3328, 0.07)  # rows, cols, spacing: 3328 x 4096 at 0.07 mm
 SCALING_SHAPES = ((2294, 1914), (3328, 2560), (4096, 3328))  # at 0.07 mm: breast areas ~2.3 : 4.5 : 7.3 MP
-ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 TARGET_S, TARGET_MB = 1.0, 1024
 
 
@@ -118,8 +113,7 @@ def evaluate(phantom, clusters, spacing_mm: float):
     for cluster in clusters:
         matched = False
         for i, truth in enumerate(phantom.clusters):
-            distance = np.hypot(*np.subtract(cluster.centre_rc, truth.centre_rc)) * spacing_mm
-            if distance <= truth.radius_mm + MATCH_MARGIN_MM:
+            if matches(cluster.centre_rc, truth, spacing_mm):
                 hits[i] = max(hits[i] or 0.0, cluster.certainty)
                 matched = True
         reported.append((cluster.certainty, None if matched else _blame(phantom, cluster, spacing_mm)))

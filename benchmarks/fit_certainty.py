@@ -24,15 +24,14 @@ import numpy as np
 from scipy.optimize import minimize
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # benchmarks/ too when loaded by the tests
 
+from bench_common import SIZES, matches  # noqa: E402
 from node.detection import classify  # noqa: E402
 from node.detection.detector import candidates  # noqa: E402
 from node.detection.params import DetectionParams  # noqa: E402
 from node.testing.phantom import PlacementError, make_phantom, random_spec  # noqa: E402
 
-SIZES = ((4096, 3328, 0.07), (2294, 1914, 0.1))  # as benchmarks/detect.py "full"
-MATCH_MARGIN_MM = 3.0
 L2 = 1.0
 OPERATING_FP_RATES = (0.1, 0.05, 0.02, 0.01, 0.005)  # operating_point -1, -0.5, 0, 0.5, 1
 TUNE_FIRST = 1000
@@ -42,7 +41,8 @@ TUNE_LAST = 499999  # the bench-a set starts at 500000
 def image_rows(seed: int):
     """(inputs, label, truth index or -1) of every non-benign candidate of one tuning image,
     and the number of drawn clusters; None when the generator cannot place what it drew."""
-    rows, cols, spacing = SIZES[seed % len(SIZES)]
+    sizes = SIZES["full"]  # as benchmarks/detect.py --size full
+    rows, cols, spacing = sizes[seed % len(sizes)]
     try:
         phantom = make_phantom(random_spec(seed, rows=rows, cols=cols, spacing_mm=spacing))
     except PlacementError:
@@ -55,7 +55,7 @@ def image_rows(seed: int):
         centre = np.array([candidate.members.row.mean(), candidate.members.col.mean()])
         truth = -1
         for i, drawn in enumerate(phantom.clusters):
-            if np.hypot(*(centre - drawn.centre_rc)) * spacing <= drawn.radius_mm + MATCH_MARGIN_MM:
+            if matches(centre, drawn, spacing):
                 truth = i
         found.append((classify.certainty_inputs(candidate.features), truth >= 0, truth))
     return seed, found, len(phantom.clusters)

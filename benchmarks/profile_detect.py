@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+from bench_common import ONE_THREAD  # benchmarks/bench_common.py, beside this script
+
 SHAPES = ((2294, 1914, 0.07), (3328, 2560, 0.07), (4096, 3328, 0.07), (2294, 1914, 0.1))
 FIRST_SEED = 500000
 

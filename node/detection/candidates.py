@@ -64,6 +64,13 @@ class Objects:
         return Objects(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
 
 
+def too_large(diameter_mm: np.ndarray, length_mm: np.ndarray, params: DetectionParams) -> np.ndarray:
+    """Mask of the objects too large to be specks: wider than ``max_speck_diameter_mm`` or
+    longer than ``max_speck_length_mm`` (the one size rule of ``find_objects``' large-object
+    guard, ``classify.is_speck`` and ``classify.Context``)."""
+    return (diameter_mm > params.max_speck_diameter_mm) | (length_mm > params.max_speck_length_mm)
+
+
 def contrast_to_noise(
     pixels: np.ndarray, spacing_mm: tuple[float, float], breast: BreastMap, params: DetectionParams
 ) -> tuple[np.ndarray, tuple[int, int]]:
@@ -228,17 +235,16 @@ def find_objects(
     pixel_mm = float(np.mean(spacing_mm))
     rows = mean_r[keep] + offset[0]
     cols = mean_c[keep] + offset[1]
-    large = (2.0 * np.sqrt(area / np.pi) * pixel_mm > params.max_speck_diameter_mm) | (
-        length * pixel_mm > params.max_speck_length_mm
-    )
-    large &= peak >= params.seed_cnr
+    diameter_mm = 2.0 * np.sqrt(area / np.pi) * pixel_mm
+    length_mm = length * pixel_mm
+    large = too_large(diameter_mm, length_mm, params) & (peak >= params.seed_cnr)
     large[0] = False
     guard = _large_guard(rr + offset[0], cc + offset[1], large[lab], breast, pixel_mm)
     return Objects(
         row=rows,
         col=cols,
-        diameter_mm=2.0 * np.sqrt(area[keep] / np.pi) * pixel_mm,
-        length_mm=length[keep] * pixel_mm,
+        diameter_mm=diameter_mm[keep],
+        length_mm=length_mm[keep],
         peak_cnr=peak[keep].astype(np.float64),
         depth_mm=breast.depth_at(rows, cols).astype(np.float64),
         near_large=guard[_cell(rows, breast), _cell(cols, breast, axis=1)],

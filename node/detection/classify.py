@@ -23,7 +23,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from node.detection import weights
-from node.detection.candidates import Objects
+from node.detection.candidates import Objects, too_large
 from node.detection.clusters import extent_mm, linearity
 from node.detection.params import DetectionParams
 from node.model import Distribution, Morphology
@@ -112,7 +112,7 @@ class Context:
     @classmethod
     def build(cls, objects: Objects, speck: np.ndarray, scale: np.ndarray, params: DetectionParams):
         points = np.column_stack([objects.row * scale[0], objects.col * scale[1]])
-        large = (objects.diameter_mm > params.max_speck_diameter_mm) | (objects.length_mm > params.max_speck_length_mm)
+        large = too_large(objects.diameter_mm, objects.length_mm, params)
         return cls(points, speck, large, cKDTree(points if len(points) else np.zeros((0, 2))),
                    objects.angle, objects.length_mm / np.maximum(objects.diameter_mm, 1e-6))
 
@@ -120,8 +120,7 @@ class Context:
 def is_speck(objects: Objects, params: DetectionParams) -> np.ndarray:
     """Mask of the objects that may be microcalcifications."""
     return (
-        (objects.diameter_mm <= params.max_speck_diameter_mm)
-        & (objects.length_mm <= params.max_speck_length_mm)
+        ~too_large(objects.diameter_mm, objects.length_mm, params)
         & (objects.depth_mm >= params.skin_margin_mm)
         & ~objects.near_large
         & (objects.surround >= MIN_SURROUND)

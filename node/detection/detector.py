@@ -75,7 +75,6 @@ class Candidate:
     pattern it was recognised as (or None) and its certainty (0-100)."""
 
     members: Objects
-    points_mm: np.ndarray
     features: classify.ClusterFeatures
     benign: str | None
     certainty: float
@@ -114,7 +113,7 @@ def candidates(
                                 strong, params.weak_link_mm):
         group = specks.take(members)
         features = classify.measure(group, points_mm[members], context)
-        found.append(Candidate(group, points_mm[members], features,
+        found.append(Candidate(group, features,
                                classify.benign_reason(features, params), classify.certainty(features)))
     return found
 
