@@ -316,12 +316,17 @@ def _modality_values(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     return values
 
 
+def _stored_ends(ds: Dataset) -> np.ndarray:
+    """The lowest and highest stored value BitsStored and PixelRepresentation allow."""
+    bits = int(ds.get("BitsStored", 16))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1])
+    return np.array([0, 2**bits - 1])
+
+
 def _modality_range(ds: Dataset) -> tuple[float, float]:
     """The lowest and highest Modality LUT output over the stored values BitsStored allows."""
-    bits = int(ds.get("BitsStored", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    ends = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
-    out = _modality_values(ds, ends)
+    out = _modality_values(ds, _stored_ends(ds))
     return float(out.min()), float(out.max())
 
 
@@ -416,19 +421,25 @@ def display_pixels(ds: Dataset, stored: np.ndarray | None = None) -> np.ndarray:
         lo, hi = _voi_output_range(ds)
     else:
         lo, hi = (float(v) for v in np.percentile(values[::4, ::4], [0.5, 99.5]))
-    scale = 255.0 / max(hi - lo, 1e-6)
+    span = hi - lo  # negative when the window's output falls as values rise (see _voi_output_range)
+    scale = 255.0 / (span if abs(span) >= 1e-6 else 1e-6)
     scaled = np.clip((np.asarray(values, np.float32) - lo) * scale, 0, 255).astype(np.uint8)
     return 255 - scaled if ds.PhotometricInterpretation == "MONOCHROME1" else scaled
 
 
 def _voi_output_range(ds: Dataset) -> tuple[float, float]:
-    """The output range of the VOI stage as pydicom applies it (PS3.3 C.11.2.1.2)."""
+    """The VOI stage's output below and above the window, as pydicom applies it (PS3.3 C.11.2.1.2).
+
+    pydicom maps the window onto the Modality LUT's output for the lowest and highest stored
+    value, in that order: for a negative Rescale Slope the first is the larger, and its window
+    output falls as values rise. After a Modality LUT Sequence it spans the LUT's bits.
+    """
     if "VOILUTSequence" in ds:
         return 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
-    bits = int(ds.get("BitsStored", 16))
-    lo, hi = (0, 2**bits - 1) if int(ds.get("PixelRepresentation", 0)) == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-    return lo * slope + intercept, hi * slope + intercept
+    if "ModalityLUTSequence" in ds:
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    below, above = apply_modality_lut(_stored_ends(ds), ds)  # in float64, as pydicom
+    return float(below), float(above)
 
 
 def _class_name(ds: Dataset) -> str:

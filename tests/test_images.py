@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import get_decoder
+from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from node.config import ImagesConfig
@@ -118,6 +118,35 @@ def test_display_pixels_use_the_window_and_polarity():
     assert d2[0, 0] < 20 and d2.max() > 240
 
 
+@pytest.mark.parametrize("encoding", ["negative slope", "intercept alone", "modality LUT"])
+def test_the_display_depends_only_on_the_modality_lut_output(encoding):
+    """Another encoding of the same Modality LUT output, under the same window, displays alike.
+    pydicom takes the window's output range from the Modality LUT, so for a negative Rescale
+    Slope its output falls as values rise; it ignores an intercept without a slope; and after a
+    Modality LUT Sequence its output spans the LUT's bits, not BitsStored."""
+    stored, window = ramp(), (2000, 4000)
+    plain = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC", window=window)
+    if encoding == "negative slope":
+        ds = make_mammo_dataset(4095 - stored, identity=IDENTITY, laterality="R", view="CC", window=window)
+        ds.RescaleSlope, ds.RescaleIntercept = -1, 4095
+    elif encoding == "intercept alone":
+        ds = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC", window=window)
+        del ds.RescaleSlope
+        ds.RescaleIntercept = -1000
+    else:
+        plain = make_mammo_dataset(16 * stored, identity=IDENTITY, laterality="R", view="CC", bits_stored=16,
+                                   window=(32000, 64000))
+        ds = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC", window=(32000, 64000))
+        del ds.RescaleSlope, ds.RescaleIntercept
+        lut = pydicom.Dataset()
+        lut.LUTDescriptor, lut.LUTData, lut.ModalityLUTType = [4096, 0, 16], list(range(0, 65536, 16)), "US"
+        ds.ModalityLUTSequence = [lut]
+    np.testing.assert_array_equal(apply_modality_lut(ds.pixel_array, ds), apply_modality_lut(plain.pixel_array, plain))
+    expected = display_pixels(plain)
+    assert expected.min() < 20 and expected.max() > 240
+    assert np.abs(display_pixels(ds).astype(int) - expected).max() <= 1
+
+
 REAL_FILES = sorted(REAL.glob("*/*.dcm")) if REAL.is_dir() else []
 
 
@@ -190,14 +219,15 @@ def test_for_processing_log_data_follow_the_sign():
     assert m.pixels[50, 40] - m.pixels[10, 10] == pytest.approx(-500)
 
 
-def test_monochrome1_is_inverted_after_the_modality_lut():
+@pytest.mark.parametrize("slope, intercept", [(0.5, 10), (-0.5, 2100)])
+def test_monochrome1_is_inverted_after_the_modality_lut(slope, intercept):
     stored = ramp()
     m2_ds = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC")
     m1_ds = make_mammo_dataset(4095 - stored, identity=IDENTITY, laterality="R", view="CC", monochrome1=True)
     for ds in (m1_ds, m2_ds):
-        ds.RescaleSlope, ds.RescaleIntercept = 0.5, 10
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     np.testing.assert_allclose(to_mammogram(m1_ds).pixels, to_mammogram(m2_ds).pixels)
-    np.testing.assert_allclose(to_mammogram(m2_ds).pixels, 0.5 * stored + 10)
+    np.testing.assert_allclose(to_mammogram(m2_ds).pixels, slope * stored + intercept)
 
 
 # --- decoders ------------------------------------------------------------------------------
