@@ -4,7 +4,8 @@ Writes ``--files`` files of 27.3 MB each in 128 KiB writes (one C-STORE data set
 PDU), fsyncs each, and prints the CPU seconds the writes took (thread CPU time, so other load
 on the machine changes it little), per group of files. Mode ``keep`` leaves every file in the
 page cache, as DCMTK storescp does; mode ``drop`` drops each file from it after its fsync
-(POSIX_FADV_DONTNEED), as calcnode's receiver does (fastpath._start_writeback, place_file).
+(POSIX_FADV_DONTNEED), as calcnode's receiver did before its O_DIRECT fast path (spool.place_file
+still drops the few pages that go through the cache).
 
 On a virtual machine whose memory is backed lazily by the host, a page the guest has never
 used before costs far more to write into than a page it reuses; a page cache that grows by

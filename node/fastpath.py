@@ -21,20 +21,6 @@ reads the socket, while the peer waits: see docs/benchmarks.md. Where O_DIRECT i
 back to the original for every PDU it does not handle. A pynetdicom upgrade must re-check the
 private names read here (``_recv_pdu``, ``dimse.message._data_set_file``,
 ``state_machine.current_state``); the tests comparing received with sent bytes guard it.
-
-Wake-ups, the second half of this module: an accepted association runs two loops that sleep a
-millisecond whenever they find nothing to do, the association's (it runs the C-STORE handler
-once the DUL has assembled a message) and the DUL's (it sends what the association queued, such
-as the C-STORE response, and reads the socket). Each such sleep lasts 1.1-1.2 ms here, and
-several lie on the path of every C-STORE while the peer waits: message complete -> handler,
-response -> socket, next command -> read. ``watch`` makes the queues these loops read set a
-``Wake`` when an item is put, and ``install`` gives pynetdicom's ``dul`` and ``association``
-modules a copy of ``time`` whose millisecond sleep, in a watched thread, ends as soon as its
-``Wake`` is set or (the DUL) its socket has data, and otherwise after the same millisecond: each
-loop still checks everything else (timers, its kill flag) as often as before. Other threads
-(our own requestor associations too) and longer sleeps sleep as before. Private names used:
-the modules' ``time``, ``dimse.msg_queue``, ``dul.to_provider_queue``, ``dul.to_user_queue``,
-``dul.socket``, and that the association and its DUL are the threads running the two loops.
 """
 
 from __future__ import annotations
@@ -43,19 +29,14 @@ import ctypes
 import errno
 import mmap
 import os
-import queue
 import select
 import socket
 import ssl
 import struct
-import threading
-import time
-import types
-import weakref
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
-from pynetdicom import association, dul, evt
+from pynetdicom import dul, evt
 
 _HEADER_BYTES = 12  # PDU type, reserved, PDU length; PDV item length, context ID, control header
 _P_DATA_TF = 0x04
@@ -64,7 +45,6 @@ _ALIGN = 4096  # O_DIRECT offsets, lengths and buffer addresses: a multiple of t
 _CHUNK = 4 << 20  # bytes per write, a multiple of _ALIGN (4 MiB measured faster than 2 here)
 _HUGE_PAGE = 2 << 20  # a transparent huge page on x86-64 and most arm64 kernels
 _BUFFERS = 2  # per association: one filling while the other is written (ext4 runs one at a time)
-_POLL_S = 0.001  # pynetdicom's reactors' sleep (3.0); longer sleeps are left alone
 _read_pdu_data = dul.DULServiceProvider._read_pdu_data
 _writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="calcnode-write")
 _started: Callable[[str, int], None] | None = None  # see install
@@ -277,74 +257,10 @@ def _pwrite_direct(direct: int, cached: int, view: memoryview, offset: int) -> N
         _pwrite(cached, view, offset)
 
 
-class Wake(threading.Event):
-    """An event that, where Linux has eventfd, also makes ``fd`` readable while set."""
-
-    def __init__(self):
-        super().__init__()
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) if hasattr(os, "eventfd") else None
-        if self.fd is not None:
-            weakref.finalize(self, os.close, self.fd)
-
-    def set(self) -> None:
-        super().set()
-        if self.fd is not None:
-            os.eventfd_write(self.fd, 1)
-
-    def clear(self) -> None:
-        super().clear()
-        if self.fd is not None:
-            try:
-                os.eventfd_read(self.fd)
-            except BlockingIOError:
-                pass
-
-
-def sleep(seconds: float) -> None:
-    """``time.sleep``, but a watched reactor's poll ends when work arrives for it."""
-    thread = threading.current_thread()
-    wake = getattr(thread, "calcnode_wake", None)
-    if wake is None or seconds > _POLL_S:
-        time.sleep(seconds)
-        return
-    sock = getattr(thread.socket, "socket", None) if isinstance(thread, dul.DULServiceProvider) else None
-    if wake.fd is not None and sock is not None:
-        try:
-            select.select([sock, wake.fd], [], [], seconds)
-        except (OSError, ValueError):  # the socket closed meanwhile
-            wake.wait(seconds)
-    else:
-        wake.wait(seconds)
-    wake.clear()  # before the loop looks at its queues: a later put sets it again
-
-
-def _wake_on_put(items: queue.Queue, wake: Wake) -> None:
-    put = items.put
-
-    def put_and_wake(item, block=True, timeout=None):
-        put(item, block, timeout)
-        wake.set()
-
-    items.put = put_and_wake  # put_nowait calls self.put: it wakes too
-
-
-def watch(assoc) -> None:
-    """Prepare an accepted association, before its threads start."""
-    assoc.calcnode_wake = Wake()
-    _wake_on_put(assoc.dimse.msg_queue, assoc.calcnode_wake)
-    _wake_on_put(assoc.dul.to_user_queue, assoc.calcnode_wake)
-    assoc.dul.calcnode_wake = Wake()
-    _wake_on_put(assoc.dul.to_provider_queue, assoc.dul.calcnode_wake)
-
-
 def install(started: Callable[[str, int], None] | None = None) -> None:
-    """Put the fast path and the wake-ups in place. ``started(path, size)`` is called once per
-    data set file that takes the fast path, when its first ``size`` bytes (a few MiB) are final;
-    on a writer thread, so it must not block."""
+    """Put the fast path in place. ``started(path, size)`` is called once per data set file that
+    takes the fast path, when its first ``size`` bytes (a few MiB) are final; on a writer
+    thread, so it must not block."""
     global _started
     _started = started
     dul.DULServiceProvider._read_pdu_data = _read_pdu_fast
-    clock = types.ModuleType("time")
-    clock.__dict__.update({name: getattr(time, name) for name in dir(time) if not name.startswith("__")})
-    clock.sleep = sleep
-    dul.time = association.time = clock

@@ -55,6 +55,15 @@ class _Parsed:
         self.limit = limit
 
     @cached_property
+    def uids(self) -> dict[str, str]:
+        """The SOP Class UID and UID_KEYWORDS' values, as strings. pydicom converts values when
+        first read, which is where damaged ones raise: the laterality and view that
+        record_from_header reads are converted here too."""
+        header = self.header
+        images.laterality(header), images.view(header)
+        return {keyword: str(header.get(keyword, "")) for keyword in ("SOPClassUID",) + UID_KEYWORDS}
+
+    @cached_property
     def cut_short(self) -> bool:
         """Whether the header reaches past ``limit`` (pydicom reads a data set cut short without
         complaint: it seeks past the end over skipped values, and reads short values short)."""
@@ -73,15 +82,13 @@ def read_header(path: Path, context_class: str, affected_uid: str, early: _Parse
         size = path.stat().st_size
         parsed = early if early is not None and _whole(early) else _Parsed(path, size)
         _check_complete(parsed, size)
-        header = parsed.header
-        found_class, found_uid = str(header.get("SOPClassUID", "")), str(header.get("SOPInstanceUID", ""))
-        uids = {keyword: str(header.get(keyword, "")) for keyword in UID_KEYWORDS}
-        images.laterality(header), images.view(header)  # record_from_header reads them: convert them here
+        uids = parsed.uids
     except Rejected:
         raise
     except Exception as exc:  # pydicom converts values lazily and raises many types on damaged data
         raise Rejected(CANNOT_UNDERSTAND, f"unreadable dataset ({type(exc).__name__}: "
                                           f"{shown(str(exc), 200)})") from None
+    found_class, found_uid = uids["SOPClassUID"], uids["SOPInstanceUID"]
     if not found_class:
         raise Rejected(CANNOT_UNDERSTAND, "the dataset has no SOP Class UID")
     if found_class != context_class:
@@ -89,10 +96,19 @@ def read_header(path: Path, context_class: str, affected_uid: str, early: _Parse
                        f"dataset SOP Class {shown(found_class)} is not the requested {context_class}")
     if found_uid != affected_uid:
         raise Rejected(CANNOT_UNDERSTAND, "dataset SOP Instance UID differs from the request's")
-    for keyword, value in uids.items():
-        if not is_valid_uid(value):
-            raise Rejected(CANNOT_UNDERSTAND, f"missing or invalid {keyword} {shown(value)}")
-    return header
+    for keyword in UID_KEYWORDS:
+        if not is_valid_uid(uids[keyword]):
+            raise Rejected(CANNOT_UNDERSTAND, f"missing or invalid {keyword} {shown(uids[keyword])}")
+    return parsed.header
+
+
+def _read_early(path: Path, settled: int) -> _Parsed:
+    """A header parsed from a file's first ``settled`` bytes while the rest arrives, with its
+    values converted when it stands for the whole file: the handler has only checks left."""
+    parsed = _Parsed(path, settled)
+    if _whole(parsed):
+        parsed.uids  # noqa: B018 (converts them; a damaged value fails this early parse)
+    return parsed
 
 
 def _whole(early: _Parsed) -> bool:
@@ -144,7 +160,7 @@ class EarlyHeaders:
     def start(self, path: str, settled: int) -> None:
         """Read the header of ``path`` from its first ``settled`` bytes, which are final."""
         with self._lock:
-            self._parsing[path] = self._pool.submit(_Parsed, Path(path), settled)
+            self._parsing[path] = self._pool.submit(_read_early, Path(path), settled)
             while len(self._parsing) > self._keep:
                 self._parsing.pop(next(iter(self._parsing)))
 

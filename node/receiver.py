@@ -9,7 +9,8 @@ refused per presentation context by pynetdicom and never stop the rest of the as
 Received datasets are never decoded here. pynetdicom's chunked receive writes each one to a
 temp file in the spool's ``incoming/`` folder as it arrives; the handler reads the header only,
 moves the file into the spool (durable, see spool.py) and answers Success only then. The
-data set fragments in between reach that file by fastpath.py.
+data set fragments in between reach that file by fastpath.py, and reactor.py shortens
+pynetdicom's own work around each C-STORE (its polling, the response, the file's meta).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pynetdicom
 from pydicom import uid as tsuid
 from pynetdicom import AE, evt, sop_class
 
-from node import fastpath, images, security
+from node import fastpath, images, reactor, security
 from node.config import Config
 from node.errors import SpoolError
 from node.metrics import record_refused
@@ -77,6 +78,7 @@ def build_ae(config: Config) -> AE:
     # log has a line per association and per instance. Measured: about 8 % more images/s.
     pynetdicom._config.LOG_HANDLER_LEVEL = "none"
     fastpath.install(started=EARLY_HEADERS.start)
+    reactor.install()
     # Received datasets go to a temp file as they arrive instead of being held in memory.
     pynetdicom._config.STORE_RECV_CHUNKED_DATASET = True
     ae = AE(ae_title=listen.ae_title)
@@ -119,8 +121,8 @@ def _tune_socket(event, timeout_s: float, spool: Spool, clock) -> None:
     and a timeout on every receive, because pynetdicom's network timeout only runs between
     PDUs and an accepted socket is blocking: a peer that stalls in the middle of a PDU would
     otherwise hold its association (and its slot) for ever. Then, with TLS, the handshake.
-    First, the association's reactors are set to wake when work arrives (fastpath.watch)."""
-    fastpath.watch(event.assoc)
+    First, the association's reactors are set to wake when work arrives (reactor.watch)."""
+    reactor.watch(event.assoc)
     try:
         sock = event.assoc.dul.socket.socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -33,9 +33,9 @@ def test_images_and_reporting_import_no_networking(path):
     assert "pynetdicom" not in imports(path)
 
 
-def test_only_receiver_fastpath_and_sender_speak_dicom_networking():
+def test_only_receiver_its_pynetdicom_adaptations_and_sender_speak_dicom_networking():
     speakers = {p.name for p in NODE.rglob("*.py") if "pynetdicom" in imports(p)}
-    assert speakers == {"receiver.py", "fastpath.py", "sender.py"}
+    assert speakers == {"receiver.py", "fastpath.py", "reactor.py", "sender.py"}
 
 
 def test_only_cli_prints():

@@ -4,53 +4,26 @@ End to end on loopback: DCMTK's storescu sends large data sets to an in-process 
 must keep them byte for byte whatever the PDU size, with O_DIRECT or through the page cache; the
 header read while a data set arrives must stand in for the handler's own read only when it is
 whole. Unit tests cover the header read from a file's first bytes, a filesystem that takes
-O_DIRECT at open but refuses the write, the write buffers, and the reactors' wake-ups.
+O_DIRECT at open but refuses the write, and the write buffers.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import queue
-import socket
-import tempfile
-import threading
-import time
-import types
 from pathlib import Path
 
 import numpy as np
 import pydicom
-import pynetdicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import dul
-from pynetdicom.dsutils import split_dataset
 
 from node import fastpath, received
-from node.config import parse_config
 from node.received import CANNOT_UNDERSTAND
-from node.receiver import Receiver
-from node.spool import Spool
-from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
-from nodeproc import node_config
-from peers import STORESCU, require, storescu
+from peers import STORESCU, require
+from receiving import image, receiver, send_and_check  # noqa: F401 (receiver: a fixture)
 
 MG = "1.2.840.10008.5.1.4.1.1.1.2"
-
-
-def image(folder: Path, name: str, rows: int, cols: int, seed: int, private_bytes: int = 0) -> Path:
-    """An MG file of ``rows`` x ``cols`` noise pixels; optionally a
-    private element of ``private_bytes`` before the pixel data, which makes the header long."""
-    pixels = np.random.default_rng(seed).integers(0, 4096, (rows, cols), np.uint16)
-    ds = make_mammo_dataset(pixels, identity=StudyIdentity(seed), laterality="L", view="CC",
-                            window=(2048, 4096))
-    if private_bytes:
-        block = ds.private_block(0x0029, "CALCNODE TEST", create=True)
-        block.add_new(0x10, "OB", bytes(range(256)) * (private_bytes // 256))
-    path = folder / f"{name}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -62,24 +35,6 @@ def images(tmp_path_factory) -> dict[str, Path]:
         # a header longer than the fast path's first write, after which its header is read
         "long-header": image(folder, "long-header", 1000, 800, 103, private_bytes=fastpath._CHUNK + (2 << 20)),
     }
-
-
-@pytest.fixture
-def receiver(tmp_path, monkeypatch):
-    """An in-process receiver on a free loopback port; pynetdicom's globals restored after."""
-    monkeypatch.setattr(pynetdicom._config, "STORE_RECV_CHUNKED_DATASET", False)
-    monkeypatch.setattr(pynetdicom._config, "LOG_HANDLER_LEVEL", pynetdicom._config.LOG_HANDLER_LEVEL)
-    monkeypatch.setattr(dul.DULServiceProvider, "_read_pdu_data", dul.DULServiceProvider._read_pdu_data)
-    config = parse_config(node_config(tmp_path, study={"complete_after_s": 600}))
-    spool = Spool(config.storage.path, config.storage.fsync).open()
-    monkeypatch.setattr(tempfile, "tempdir", str(spool.incoming))  # as service.py does
-    node = Receiver(config, spool)
-    node.start()
-    try:
-        yield config.listen.port, spool
-    finally:
-        node.stop()
-        spool.close()
 
 
 @pytest.fixture
@@ -96,25 +51,6 @@ def parses(monkeypatch) -> list[tuple[str, int]]:
 
     monkeypatch.setattr(received._Parsed, "__init__", recording)
     return seen
-
-
-def dataset_bytes(path: Path) -> bytes:
-    _, offset = split_dataset(path)
-    return path.read_bytes()[offset:]
-
-
-def kept(spool: Spool, sent: Path) -> Path:
-    ds = pydicom.dcmread(sent, stop_before_pixels=True)
-    return spool.root / "instances" / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
-
-
-def send_and_check(port: int, spool: Spool, files: list[Path], max_send_pdu: int | None = None) -> None:
-    extra = ["--max-send-pdu", str(max_send_pdu)] if max_send_pdu else []
-    result = storescu("CALCNODE", port, files, extra_args=extra, tcp_nodelay=True)
-    assert result.returncode == 0, result.stdout[-3000:]
-    for path in files:
-        assert dataset_bytes(kept(spool, path)) == dataset_bytes(path), path.name
-    assert not list(spool.incoming.iterdir())
 
 
 @pytest.mark.parametrize("max_send_pdu", [None, 20000], ids=["pdu-128k", "pdu-20000"])
@@ -146,22 +82,6 @@ def uid_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-def test_the_reactors_of_a_receiving_association_are_woken_by_their_work(receiver, images, monkeypatch):
-    require(STORESCU)
-    port, spool = receiver
-    woken = []
-    clear = fastpath.Wake.clear
-
-    def counting(self):
-        woken.append(self.is_set())
-        clear(self)
-
-    monkeypatch.setattr(fastpath.Wake, "clear", counting)
-    send_and_check(port, spool, [images["odd-size"], images["full-field"]])
-    # each C-STORE wakes the association (message complete) and the DUL (response queued)
-    assert sum(woken) >= 4, f"{sum(woken)} of {len(woken)} polls ended by a wake"
-
-
 def test_the_write_buffers_are_aligned_to_huge_pages_and_do_not_overlap():
     buffers = fastpath._buffers()
     assert len(buffers) == fastpath._BUFFERS and all(len(b) == fastpath._CHUNK for b in buffers)
@@ -170,64 +90,6 @@ def test_the_write_buffers_are_aligned_to_huge_pages_and_do_not_overlap():
     buffers[0][:] = b"\x01" * fastpath._CHUNK
     buffers[1][:] = b"\x02" * fastpath._CHUNK
     assert bytes(buffers[0][-1:]) == b"\x01" and bytes(buffers[1][:1]) == b"\x02"
-
-
-def sleeping(target, seconds: float, watched: bool, dul_socket=None) -> tuple[threading.Thread, list]:
-    """A thread (a DUL's when ``dul_socket`` is given) that sleeps through fastpath.sleep."""
-    took = []
-
-    def run():
-        thread = threading.current_thread()
-        if watched:
-            thread.calcnode_wake = target
-        start = time.monotonic()
-        fastpath.sleep(seconds)
-        took.append(time.monotonic() - start)
-
-    if dul_socket is None:
-        thread = threading.Thread(target=run)
-    else:
-        thread = dul.DULServiceProvider.__new__(dul.DULServiceProvider)
-        threading.Thread.__init__(thread, target=run)
-        thread.socket = types.SimpleNamespace(socket=dul_socket)
-    thread.start()
-    return thread, took
-
-
-def test_a_watched_poll_ends_when_its_queue_gets_an_item(monkeypatch):
-    monkeypatch.setattr(fastpath, "_POLL_S", 10.0)  # a poll long enough to see it cut short
-    wake, items = fastpath.Wake(), queue.Queue()
-    fastpath._wake_on_put(items, wake)
-    thread, took = sleeping(wake, 10.0, watched=True)
-    time.sleep(0.05)
-    items.put_nowait("work")
-    thread.join(5)
-    assert took and took[0] < 5 and items.get_nowait() == "work" and not wake.is_set()
-
-
-def test_a_dul_poll_ends_when_its_socket_has_data(monkeypatch):
-    monkeypatch.setattr(fastpath, "_POLL_S", 10.0)
-    ours, peer = socket.socketpair()
-    try:
-        thread, took = sleeping(fastpath.Wake(), 10.0, watched=True, dul_socket=ours)
-        time.sleep(0.05)
-        peer.send(b"x")
-        thread.join(5)
-        assert took and took[0] < 5
-    finally:
-        ours.close()
-        peer.close()
-
-
-def test_other_threads_and_longer_sleeps_sleep_in_full(monkeypatch):
-    monkeypatch.setattr(fastpath, "_POLL_S", 0.05)
-    wake = fastpath.Wake()
-    wake.set()
-    longer, took_longer = sleeping(wake, 0.2, watched=True)  # longer than a reactor's poll
-    other, took_other = sleeping(wake, 0.04, watched=False)  # a thread nobody watches
-    longer.join(5)
-    other.join(5)
-    assert took_longer[0] >= 0.19 and took_other[0] >= 0.035
 
 
 def test_without_o_direct_the_same_bytes_go_through_the_page_cache(receiver, images, monkeypatch):
