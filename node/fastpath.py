@@ -4,11 +4,12 @@ pynetdicom passes every P-DATA-TF PDU through its state machine (event queues, P
 primitive, the DIMSE decoder) before the data set fragment reaches the chunked-receive file.
 About 210 PDUs make one 27 MB mammogram at a 128 KiB PDU, and that per-PDU Python work was
 what limited the receive rate, not the network or the disk. For the one case that carries
-nearly all the bytes - a PDU holding a single PDV with a data set fragment that is not the
-last, while a C-STORE data set is being written to its file and nothing else is queued - the
-fragment is written straight to that file, exactly as pynetdicom's own decoder would (state
-Sta6 stays Sta6 for P-DATA). Every other PDU, and any TLS connection (no MSG_PEEK there), takes
-pynetdicom's path unchanged.
+nearly all the bytes - a PDU holding a single PDV with a data set fragment, while a C-STORE
+data set is being written to its file and nothing else is queued - the fragment is written
+straight to that file, exactly as pynetdicom's own decoder would (state Sta6 stays Sta6 for
+P-DATA). After the data set's last fragment, pynetdicom is handed an empty last fragment in
+its place, which completes the message as the real one would have. Every other PDU, and any
+TLS connection (no MSG_PEEK there), takes pynetdicom's path unchanged.
 
 The fragments go from the socket into page-aligned buffers, and from there to the file with
 O_DIRECT, by a writer thread while the next buffer fills. Through the page cache, ext4 spent
@@ -19,7 +20,7 @@ reads the socket, while the peer waits: see docs/benchmarks.md. Where O_DIRECT i
 
 ``install`` puts it in place of ``DULServiceProvider._read_pdu_data`` (pynetdicom 3.0); it falls
 back to the original for every PDU it does not handle. A pynetdicom upgrade must re-check the
-private names read here (``_recv_pdu``, ``dimse.message._data_set_file``,
+private names read here (``_recv_pdu``, ``_decode_pdu``, ``dimse.message._data_set_file``,
 ``state_machine.current_state``); the tests comparing received with sent bytes guard it.
 """
 
@@ -40,6 +41,7 @@ from pynetdicom import dul, evt
 
 _HEADER_BYTES = 12  # PDU type, reserved, PDU length; PDV item length, context ID, control header
 _P_DATA_TF = 0x04
+_COMMAND, _LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
 _WAIT_FOR_MORE_S = 0.01  # how long to wait for the next fragment before handing back to pynetdicom
 _ALIGN = 4096  # O_DIRECT offsets, lengths and buffer addresses: a multiple of the page size
 _CHUNK = 4 << 20  # bytes per write, a multiple of _ALIGN (4 MiB measured faster than 2 here)
@@ -87,6 +89,8 @@ def _read_pdu_fast(provider) -> None:
             if not run.receive(sock, length):
                 provider.event_queue.put("Evt17")  # transport closed mid-PDU
                 return
+            if run.last_context is not None:
+                break
             length = _fragment_length(sock, wait=False)
             if length is None:
                 if not select.select([sock], [], [], _WAIT_FOR_MORE_S)[0]:
@@ -94,14 +98,24 @@ def _read_pdu_fast(provider) -> None:
                 length = _fragment_length(sock)
     finally:
         run.close()
-    # Another kind of PDU is waiting, usually the data set's last fragment: read it now, as
-    # pynetdicom's reactor would only after a sleep (it sleeps when a read queued no event).
-    _read_pdu_data(provider)
+    if run.last_context is not None:
+        _complete(provider, run.last_context)
+    else:  # another kind of PDU is waiting: read it now, as pynetdicom's reactor would only
+        _read_pdu_data(provider)  # after a sleep (it sleeps when a read queued no event)
+
+
+def _complete(provider, context_id: int) -> None:
+    """The data set's last fragment is in the file: queue for pynetdicom an empty last fragment
+    in its place, as its reactor queues a PDU it read, to complete the message the usual way."""
+    empty = struct.pack(">BBLLBB", _P_DATA_TF, 0, 6, 2, context_id, _LAST)
+    pdu, event = provider._decode_pdu(empty)
+    provider.event_queue.put(event)
+    provider._recv_pdu.put(pdu)
 
 
 def _fragment_length(sock, wait: bool = True) -> int | None:
-    """The fragment length of the next PDU if it is a lone, non-final data set fragment; None if
-    it is not or (``wait`` False) its header has not fully arrived. Nothing is consumed."""
+    """The fragment length of the next PDU if it is a lone data set fragment; None if it is not
+    or (``wait`` False) its header has not fully arrived. Nothing is consumed."""
     try:
         head = sock.recv(_HEADER_BYTES, socket.MSG_PEEK | (0 if wait else socket.MSG_DONTWAIT))
     except (OSError, ValueError):
@@ -109,7 +123,7 @@ def _fragment_length(sock, wait: bool = True) -> int | None:
     if len(head) < _HEADER_BYTES:
         return None
     pdu_type, _, pdu_length, pdv_length, _, control = struct.unpack(">BBLLBB", head)
-    if pdu_type != _P_DATA_TF or pdv_length + 4 != pdu_length or control & 0x03:
+    if pdu_type != _P_DATA_TF or pdv_length + 4 != pdu_length or control & _COMMAND:
         return None
     return pdu_length + 6 - _HEADER_BYTES
 
@@ -135,12 +149,15 @@ class _Run:
         self.offset = start + self.head
         self.index = self.fill = 0
         self.announce = _started is not None and not getattr(target, "calcnode_announced", False)
+        self.last_context: int | None = None  # the presentation context, once the last fragment is in
 
     def receive(self, sock, length: int) -> bool:
         """Read one PDU (its header was peeked) and keep its fragment; False if the connection
         ended first."""
         if not _recv_exactly(sock, memoryview(self.header)):
             return False
+        if self.header[-1] & _LAST:
+            self.last_context = self.header[-2]
         while length:
             if self.head:  # only at the start of a run
                 part = bytearray(min(self.head, length))
@@ -186,6 +203,7 @@ class _Run:
 
     def close(self) -> None:
         """Write what is buffered, wait for every write, and leave the file positioned after it."""
+        self.announce = False  # the whole data set is in: the handler reads its header itself
         try:
             rest = self.fill
             aligned = rest - rest % _ALIGN if self.direct is not None else rest

@@ -58,10 +58,14 @@ def test_large_data_sets_are_kept_byte_for_byte_with_o_direct(receiver, images, 
                                                                max_send_pdu):
     require(STORESCU)
     port, spool = receiver
-    opened = []
+    opened, completed = [], []
     original = fastpath._open_direct
     monkeypatch.setattr(fastpath, "_open_direct", lambda path: opened.append(original(path)) or opened[-1])
+    complete = fastpath._complete
+    monkeypatch.setattr(fastpath, "_complete", lambda *args: completed.append(args) or complete(*args))
     send_and_check(port, spool, list(images.values()), max_send_pdu)
+    # every data set's last fragment took the fast path too
+    assert len(completed) == len(images)
     probe = spool.incoming / "probe"
     probe.write_bytes(b"")
     direct = original(str(probe))
@@ -76,6 +80,18 @@ def test_large_data_sets_are_kept_byte_for_byte_with_o_direct(receiver, images, 
     # the long header did not fit in the early read: the handler read it again, in full
     early, full = limits["long-header.dcm"]
     assert early < images["long-header"].stat().st_size - (1 << 20) < full
+
+
+def test_a_data_set_in_a_single_pdu_is_kept_byte_for_byte(receiver, tmp_path, monkeypatch):
+    require(STORESCU)
+    port, spool = receiver
+    completed = []
+    complete = fastpath._complete
+    monkeypatch.setattr(fastpath, "_complete", lambda *args: completed.append(args) or complete(*args))
+    small = [image(tmp_path, "tiny", 64, 48, 21), image(tmp_path, "small", 200, 150, 22)]
+    assert all(path.stat().st_size < 100_000 for path in small)  # one 128 KiB PDU each
+    send_and_check(port, spool, small)
+    assert len(completed) == 2
 
 
 def uid_of(path: Path) -> str:
