@@ -59,7 +59,8 @@ from bench_common import ONE_THREAD, SIZES, matches  # noqa: E402
 from node.detection.classify import reporting_threshold  # noqa: E402
 from node.detection.detector import detect  # noqa: E402
 from node.detection.params import DetectionParams  # noqa: E402
-from node.images import decode, decoding_plugin, display_pixels, read_file, to_mammogram  # noqa: E402
+from node.images import decode, decoding_plugin, read_file, to_mammogram  # noqa: E402
+from node.pixels import display_pixels  # noqa: E402
 from node.testing.dicomfactory import StudyIdentity  # noqa: E402
 from node.testing.phantom import DISTRACTOR_KINDS, make_phantom, random_spec  # noqa: E402
 from node.testing.study import phantom_dataset  # noqa: E402

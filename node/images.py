@@ -1,4 +1,4 @@
-"""DICOM dataset -> Mammogram: the only module that reads pixel attributes.
+"""DICOM dataset -> Mammogram: with pixels.py, the only modules that read pixel attributes.
 
 What it does, in the order of ../shared/spec/dicom-outputs.md section 1.4:
 1. decide whether the object is a single-frame mammogram we can analyse (else
@@ -6,19 +6,12 @@ What it does, in the order of ../shared/spec/dicom-outputs.md section 1.4:
    sizes are checked against the pixel data actually held before anything of the declared
    size is allocated, and laterality must be present and consistent;
 2. decode the pixels with one decoder per transfer syntax, the fastest measured here;
-3. apply the Modality LUT; then
-   - For Processing: LIN data are log-transformed and oriented by PixelIntensityRelationshipSign
-     so that attenuation is bright and contrast is on a log-exposure scale like For
-     Presentation data. PhotometricInterpretation plays no part: it says how to display the
-     values, not how they relate to the X-rays (PS3.3 C.8.11.3.1.2);
-   - For Presentation: MONOCHROME1 is inverted once, within the output range of the Modality
-     LUT, so that dense is bright;
-4. mask PixelPaddingValue;
-5. spacing in mm (PixelSpacing, else ImagerPixelSpacing / ERMF, else ImagerPixelSpacing with a
+3. the values made dense-is-bright, padding masked (pixels.normalise: the Modality LUT, For
+   Processing log exposure, MONOCHROME1);
+4. spacing in mm (PixelSpacing, else ImagerPixelSpacing / ERMF, else ImagerPixelSpacing with a
    warning, else a configured default with a warning), laterality, view, chest-wall side.
 
-``display_pixels`` renders the image as a viewer shows it (first VOI window, polarity) for the
-burned-in overlays.
+pixels.display_pixels renders the image as a viewer shows it for the burned-in overlays.
 """
 
 from __future__ import annotations
@@ -32,7 +25,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID, JPEG2000, JPEG2000Lossless, JPEGLSLossless, JPEGLSNearLossless, RLELossless,
 )
@@ -40,6 +33,7 @@ from pydicom.uid import (
 from node.config import ImagesConfig
 from node.errors import NotAnalysableError, UnusableImageError
 from node.model import Laterality, Mammogram, Side, SourceRef, View
+from node.pixels import empty_rescale, is_for_processing, normalise
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +161,13 @@ def _to_mammogram(ds: Dataset, config: ImagesConfig) -> Mammogram:
         raise UnusableImageError(
             f"pixel spacing {max(spacing):.3g} mm is too coarse for microcalcifications "
             f"(at most {config.max_spacing_mm} mm)")
+    if empty_rescale(ds):
+        warnings.append("Rescale Slope or Intercept present but empty: taken as 1 and 0")
     if view(ds) is View.OTHER:
         warnings.append("no known view in the header (ViewCodeSequence, ViewPosition): "
                         "not paired with the other view of the breast")
     stored = decode(ds)
-    pixels, valid = _normalise(ds, stored)
+    pixels, valid = normalise(ds, stored)
     if str(ds.get("LossyImageCompression", "00")) == "01":
         warnings.append("lossy-compressed input: faint specks may be lost")
     return Mammogram(
@@ -285,69 +281,6 @@ def decoding_plugin(syntax) -> str:
     return available[0] if available else ""
 
 
-def _normalise(ds: Dataset, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Stored values -> float32 bright = dense; and the mask of non-padding pixels."""
-    valid = None
-    if "PixelPaddingValue" in ds:
-        valid = stored != ds.PixelPaddingValue
-        valid = None if valid.all() else valid
-    values = _modality_values(ds, stored)
-    if is_for_processing(ds):
-        values = _log_exposure(ds, values)
-    elif ds.PhotometricInterpretation == "MONOCHROME1":
-        lo, hi = _modality_range(ds)
-        values = np.subtract(np.float32(lo + hi), values, out=values)
-    return np.ascontiguousarray(values, dtype=np.float32), valid
-
-
-def _modality_values(ds: Dataset, stored: np.ndarray) -> np.ndarray:
-    """The Modality LUT output as a new float32 array. pydicom's apply_modality_lut rescales in
-    float64, which costs a 110 MB temporary and a second pass on a full-field image; float32
-    holds every 16-bit value exactly."""
-    if "ModalityLUTSequence" in ds:
-        return apply_modality_lut(stored, ds).astype(np.float32)  # always a new array
-    values = stored.astype(np.float32)
-    if "RescaleSlope" in ds and "RescaleIntercept" in ds:  # as pydicom: both, or identity
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        if slope != 1.0:
-            values *= np.float32(slope)
-        if intercept != 0.0:
-            values += np.float32(intercept)
-    return values
-
-
-def _stored_ends(ds: Dataset) -> np.ndarray:
-    """The lowest and highest stored value BitsStored and PixelRepresentation allow."""
-    bits = int(ds.get("BitsStored", 16))
-    if int(ds.get("PixelRepresentation", 0)) == 1:
-        return np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1])
-    return np.array([0, 2**bits - 1])
-
-
-def _modality_range(ds: Dataset) -> tuple[float, float]:
-    """The lowest and highest Modality LUT output over the stored values BitsStored allows."""
-    out = _modality_values(ds, _stored_ends(ds))
-    return float(out.min()), float(out.max())
-
-
-def _log_exposure(ds: Dataset, values: np.ndarray) -> np.ndarray:
-    """For Processing data on a log-exposure scale, attenuation bright (``values`` is reused).
-
-    PixelIntensityRelationship and its Sign say how the stored values relate to the X-ray
-    intensity at the detector (PS3.3 C.8.11.3.1.2); PhotometricInterpretation does not change
-    that. Sign +1 means higher values = more X-rays reached the detector, so attenuation is the
-    negated log. The scale (1000 per e-fold) only keeps numbers familiar.
-    """
-    relationship = str(ds.get("PixelIntensityRelationship", "LIN")).upper()
-    sign = -1.0 if int(ds.get("PixelIntensityRelationshipSign", 1) or 1) < 0 else 1.0
-    if relationship == "LIN":
-        np.maximum(values, np.float32(1.0), out=values)
-        np.log(values, out=values)
-        values *= np.float32(1000.0)
-    values *= np.float32(-sign)
-    return values
-
-
 def pixel_spacing_mm(ds: Dataset, config: ImagesConfig, warnings: list[str]) -> tuple[tuple[float, float], str]:
     """(row, column) spacing at the breast, and which attribute it came from (spec 1.3.1)."""
     ps = _pair(ds.get("PixelSpacing"))
@@ -404,42 +337,6 @@ def chest_wall_side(ds: Dataset, pixels: np.ndarray) -> Side:
             return Side.RIGHT
     left, right = float(pixels[:, :8].mean()), float(pixels[:, -8:].mean())
     return Side.LEFT if left >= right else Side.RIGHT
-
-
-def is_for_processing(ds: Dataset) -> bool:
-    if str(ds.get("SOPClassUID", "")) in (MG_FOR_PROCESSING, DX_FOR_PROCESSING):
-        return True
-    return str(ds.get("PresentationIntentType", "")).upper() == "FOR PROCESSING"
-
-
-def display_pixels(ds: Dataset, stored: np.ndarray | None = None) -> np.ndarray:
-    """uint8 (rows, cols) as a viewer shows the image: first VOI window, MONOCHROME1 inverted."""
-    stored = decode(ds) if stored is None else stored
-    values = apply_modality_lut(stored, ds)
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        values = apply_voi_lut(values, ds, index=0)
-        lo, hi = _voi_output_range(ds)
-    else:
-        lo, hi = (float(v) for v in np.percentile(values[::4, ::4], [0.5, 99.5]))
-    span = hi - lo  # negative when the window's output falls as values rise (see _voi_output_range)
-    scale = 255.0 / (span if abs(span) >= 1e-6 else 1e-6)
-    scaled = np.clip((np.asarray(values, np.float32) - lo) * scale, 0, 255).astype(np.uint8)
-    return 255 - scaled if ds.PhotometricInterpretation == "MONOCHROME1" else scaled
-
-
-def _voi_output_range(ds: Dataset) -> tuple[float, float]:
-    """The VOI stage's output below and above the window, as pydicom applies it (PS3.3 C.11.2.1.2).
-
-    pydicom maps the window onto the Modality LUT's output for the lowest and highest stored
-    value, in that order: for a negative Rescale Slope the first is the larger, and its window
-    output falls as values rise. After a Modality LUT Sequence it spans the LUT's bits.
-    """
-    if "VOILUTSequence" in ds:
-        return 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
-    if "ModalityLUTSequence" in ds:
-        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    below, above = apply_modality_lut(_stored_ends(ds), ds)  # in float64, as pydicom
-    return float(below), float(above)
 
 
 def _class_name(ds: Dataset) -> str:

@@ -23,7 +23,8 @@ from node.detection.breast import segment_breast
 from node.detection.correlate import correlate, correlated_images, locate_nipple
 from node.detection.detector import detect
 from node.errors import NotAnalysableError, ReportError, UnusableImageError
-from node.images import display_pixels, source_ref, to_mammogram
+from node.images import source_ref, to_mammogram
+from node.pixels import display_pixels
 from node.model import (
     Equipment, ImageFailure, ImageFindings, Mammogram, SourceRef, StudyFindings,
 )

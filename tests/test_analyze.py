@@ -205,7 +205,11 @@ def test_every_real_file_is_analysed_or_refused_and_nothing_crashes(tmp_path, ca
     assert str(REAL / "mg_negative" / "omama_DXm.1459541791X2_ts_mismatch.dcm") in refused
 
 
-def test_an_image_whose_display_cannot_be_made_keeps_its_findings_without_an_overlay(tmp_path):
+@pytest.mark.parametrize("defect", ["unknown VOI LUT Function", "window width 0"])
+def test_an_image_with_a_defective_window_keeps_its_findings(tmp_path, defect):
+    """pydicom refuses both windows. An unknown function leaves the image without an overlay
+    (and without a GSPS, which copies the window); a width of 0 counts as no window, and the
+    overlay shows the image stretched over its own values."""
     from datetime import datetime
 
     from node.config import Config
@@ -214,8 +218,11 @@ def test_an_image_whose_display_cannot_be_made_keeps_its_findings_without_an_ove
     written = write_study(tmp_path, SEED, **SIZE)
     datasets = [pydicom.dcmread(p) for p in written.paths]
     for ds in datasets:
-        ds.WindowCenter, ds.WindowWidth = 2048, 0  # pydicom's VOI LUT refuses a width of 0
+        if defect == "window width 0":
+            ds.WindowCenter, ds.WindowWidth = 2048, 0
+        else:
+            ds.VOILUTFunction = "BOGUS"
     result = analyse_study(datasets, Config(), datetime(2024, 1, 2, 3, 4, 5))
     kinds = [kind for kind, _ in result.outputs]
     assert result.findings.cluster_count > 0 and not result.findings.failures
-    assert "sr" in kinds and "sc" not in kinds  # (the GSPS copies the window, so it fails too)
+    assert "sr" in kinds and ("sc" in kinds) == (defect == "window width 0")

@@ -20,7 +20,7 @@ def imports(path: Path) -> set[str]:
 
 
 PURE = [NODE / "model.py", NODE / "assembly.py", *sorted((NODE / "detection").glob("*.py"))]
-NO_NETWORK = [NODE / "images.py", *sorted((NODE / "reporting").glob("*.py"))]
+NO_NETWORK = [NODE / "images.py", NODE / "pixels.py", *sorted((NODE / "reporting").glob("*.py"))]
 
 
 @pytest.mark.parametrize("path", PURE, ids=lambda p: p.name)

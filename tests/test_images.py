@@ -12,9 +12,10 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from node.config import ImagesConfig
 from node.errors import NotAnalysableError, UnusableImageError
 from node.images import (
-    PREFERRED_DECODER, decode, decoding_plugin, display_pixels, pixel_spacing_mm, to_mammogram,
+    PREFERRED_DECODER, decode, decoding_plugin, pixel_spacing_mm, to_mammogram,
 )
 from node.model import Laterality, Side, View
+from node.pixels import display_pixels
 from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
 from node.testing.phantom import PhantomSpec, make_phantom
 from node.testing.study import phantom_dataset
@@ -112,7 +113,7 @@ def test_display_pixels_use_the_window_and_polarity():
     ds2 = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC", window=(2000, 4000))
     ds1 = make_mammo_dataset(4095 - stored, identity=IDENTITY, laterality="R", view="CC", monochrome1=True,
                              window=(2095, 4000))
-    d2, d1 = display_pixels(ds2), display_pixels(ds1)
+    d2, d1 = display_pixels(ds2, decode(ds2)), display_pixels(ds1, decode(ds1))
     assert d2.dtype == np.uint8
     assert np.abs(d2.astype(int) - d1.astype(int)).max() <= 1
     assert d2[0, 0] < 20 and d2.max() > 240
@@ -142,9 +143,56 @@ def test_the_display_depends_only_on_the_modality_lut_output(encoding):
         lut.LUTDescriptor, lut.LUTData, lut.ModalityLUTType = [4096, 0, 16], list(range(0, 65536, 16)), "US"
         ds.ModalityLUTSequence = [lut]
     np.testing.assert_array_equal(apply_modality_lut(ds.pixel_array, ds), apply_modality_lut(plain.pixel_array, plain))
-    expected = display_pixels(plain)
+    expected = display_pixels(plain, decode(plain))
     assert expected.min() < 20 and expected.max() > 240
-    assert np.abs(display_pixels(ds).astype(int) - expected).max() <= 1
+    assert np.abs(display_pixels(ds, decode(ds)).astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("defect", ["empty VOI LUT Sequence", "VOI LUT without data", "centre without width",
+                                    "empty window", "width 0"])
+def test_an_unusable_voi_is_displayed_as_if_absent(defect):
+    """pydicom applies no VOI for the first four (and refuses a width of 0): the image is
+    stretched over its own values, as without any VOI attribute, instead of failing."""
+    stored = ramp()
+    ds = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC")
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTSequence"):
+        ds.pop(keyword, None)
+    expected = display_pixels(ds, decode(ds))  # no VOI attribute at all
+    if defect == "empty VOI LUT Sequence":
+        ds.VOILUTSequence = []
+    elif defect == "VOI LUT without data":
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [4096, 0, 12]
+        ds.VOILUTSequence = [item]
+    elif defect == "centre without width":
+        ds.WindowCenter = 2000
+    elif defect == "empty window":
+        ds.WindowCenter, ds.WindowWidth = None, None
+    else:
+        ds.WindowCenter, ds.WindowWidth = 2000, 0
+    np.testing.assert_array_equal(display_pixels(ds, decode(ds)), expected)
+
+
+def test_an_empty_voi_lut_sequence_leaves_the_window_in_force():
+    stored = ramp()
+    windowed = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC", window=(1000, 800))
+    expected = display_pixels(windowed, decode(windowed))
+    windowed.VOILUTSequence = []
+    np.testing.assert_array_equal(display_pixels(windowed, decode(windowed)), expected)
+
+
+@pytest.mark.parametrize("empty", ["RescaleSlope", "RescaleIntercept"])
+def test_an_empty_rescale_value_counts_as_identity_with_a_warning(empty):
+    stored = ramp()
+    plain = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC", window=(2000, 4000))
+    ds = make_mammo_dataset(stored, identity=IDENTITY, laterality="R", view="CC", window=(2000, 4000))
+    ds.RescaleSlope, ds.RescaleIntercept = 2, 100
+    setattr(ds, empty, None)
+    mammogram = to_mammogram(ds)
+    np.testing.assert_array_equal(mammogram.pixels, to_mammogram(plain).pixels)
+    assert any("Rescale Slope or Intercept present but empty" in w for w in mammogram.warnings)
+    assert not any("Rescale" in w for w in to_mammogram(plain).warnings)
+    np.testing.assert_array_equal(display_pixels(ds, decode(ds)), display_pixels(plain, decode(plain)))
 
 
 REAL_FILES = sorted(REAL.glob("*/*.dcm")) if REAL.is_dir() else []
