@@ -24,10 +24,10 @@ from node.detection.correlate import correlate, correlated_images, locate_nipple
 from node.detection.detector import detect
 from node.errors import NotAnalysableError, ReportError, UnusableImageError
 from node.images import source_ref, to_mammogram
-from node.pixels import display_pixels
 from node.model import (
     Equipment, ImageFailure, ImageFindings, Mammogram, SourceRef, StudyFindings,
 )
+from node.pixels import display_pixels
 from node.reporting.gsps import build_gsps
 from node.reporting.overlay import build_overlay_sc
 from node.reporting.sr import build_cad_sr

@@ -156,6 +156,15 @@ def test_an_early_read_holding_the_whole_header_is_used(tmp_path, parses):
     assert [limit for _, limit in parses] == [64 << 10]  # the early read only
 
 
+def test_an_early_read_leaves_the_handler_only_checks(tmp_path):
+    """Values are converted (and checked for damage) while the data set still arrives, but only
+    in a read that stands for the whole header."""
+    path, ds = small_file(tmp_path)
+    whole, cut = received._read_early(path, 64 << 10), received._read_early(path, 600)
+    assert vars(whole)["uids"]["StudyInstanceUID"] == ds.StudyInstanceUID and "uids" not in vars(cut)
+    assert received.read_header(path, MG, ds.SOPInstanceUID, whole) is whole.header
+
+
 def test_an_early_read_cut_short_is_replaced_by_a_full_read(tmp_path, parses):
     path, ds = small_file(tmp_path)
     early = received._Parsed(path, 600)  # within the header
