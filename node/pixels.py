@@ -37,7 +37,7 @@ def normalise(ds: Dataset, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray |
     if is_for_processing(ds):
         values = _log_exposure(ds, values)
     elif ds.PhotometricInterpretation == "MONOCHROME1":
-        lo, hi = _modality_range(ds)
+        lo, hi = modality_range(ds)
         values = np.subtract(np.float32(lo + hi), values, out=values)
     return np.ascontiguousarray(values, dtype=np.float32), valid
 
@@ -84,7 +84,7 @@ def _stored_ends(ds: Dataset) -> np.ndarray:
     return np.array([0, 2**bits - 1])
 
 
-def _modality_range(ds: Dataset) -> tuple[float, float]:
+def modality_range(ds: Dataset) -> tuple[float, float]:
     """The lowest and highest Modality LUT output over the stored values BitsStored allows."""
     out = _modality_values(ds, _stored_ends(ds))
     return float(out.min()), float(out.max())
@@ -131,17 +131,24 @@ def display_pixels(ds: Dataset, stored: np.ndarray) -> np.ndarray:
 
 
 def _voi(ds: Dataset) -> str:
-    """The VOI stage pydicom's apply_voi_lut applies: "lut" (a VOI LUT Sequence item with its
-    descriptor and data), "window" (a centre and a width), or "" (neither: the data unchanged).
-    A window narrower than 1, which pydicom refuses, counts as none here: the image is then
-    stretched over its own values rather than not shown."""
+    """The VOI stage pydicom's apply_voi_lut applies: "lut", "window", or "" (neither usable:
+    the data unchanged)."""
+    return "lut" if has_voi_lut(ds) else "window" if has_window(ds) else ""
+
+
+def has_voi_lut(ds: Dataset) -> bool:
+    """A first VOI LUT Sequence item with its descriptor and data (pydicom's test)."""
     lut = ds.get("VOILUTSequence")
-    if lut and None not in (lut[0].get("LUTDescriptor"), lut[0].get("LUTData")):
-        return "lut"
+    return bool(lut) and None not in (lut[0].get("LUTDescriptor"), lut[0].get("LUTData"))
+
+
+def has_window(ds: Dataset) -> bool:
+    """A first window centre and width (pydicom's test), the width at least 1: pydicom refuses a
+    narrower one, and it counts as none here (the image is stretched rather than not shown)."""
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is None or width is None:
-        return ""
-    return "window" if float(width[0] if isinstance(width, MultiValue) else width) >= 1 else ""
+        return False
+    return float(width[0] if isinstance(width, MultiValue) else width) >= 1
 
 
 def _voi_output_range(ds: Dataset, voi: str) -> tuple[float, float]:

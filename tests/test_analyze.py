@@ -207,9 +207,9 @@ def test_every_real_file_is_analysed_or_refused_and_nothing_crashes(tmp_path, ca
 
 @pytest.mark.parametrize("defect", ["unknown VOI LUT Function", "window width 0"])
 def test_an_image_with_a_defective_window_keeps_its_findings(tmp_path, defect):
-    """pydicom refuses both windows. An unknown function leaves the image without an overlay
-    (and without a GSPS, which copies the window); a width of 0 counts as no window, and the
-    overlay shows the image stretched over its own values."""
+    """pydicom refuses both windows. An unknown function leaves the image without an overlay;
+    a width of 0 counts as no window, and the overlay shows the image stretched over its own
+    values. The GSPS is made either way (without the function; over the whole range)."""
     from datetime import datetime
 
     from node.config import Config
@@ -225,4 +225,4 @@ def test_an_image_with_a_defective_window_keeps_its_findings(tmp_path, defect):
     result = analyse_study(datasets, Config(), datetime(2024, 1, 2, 3, 4, 5))
     kinds = [kind for kind, _ in result.outputs]
     assert result.findings.cluster_count > 0 and not result.findings.failures
-    assert "sr" in kinds and ("sc" in kinds) == (defect == "window width 0")
+    assert "sr" in kinds and "gsps" in kinds and ("sc" in kinds) == (defect == "window width 0")

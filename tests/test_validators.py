@@ -97,3 +97,20 @@ def test_gsps_with_voi_lut_sequence_validates(tmp_path):
         del ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction
     pr = build_gsps(images, study.images, EQUIPMENT, NOW)[0]
     assert run_dciodvfy(_write(pr, tmp_path, "gsps_lut.dcm")) == []
+
+
+@pytest.mark.parametrize("defect", ["width 0", "centre without width"])
+def test_gsps_over_an_unusable_window_shows_the_whole_range_and_validates(tmp_path, defect):
+    """highdicom refuses to copy such a window; the GSPS then carries a window over each image's
+    whole Modality LUT output (the picture an identity VOI gives) instead of not being made."""
+    require(DCIODVFY)
+    images, study = make_study()
+    for ds in images[:2]:
+        if defect == "width 0":
+            ds.WindowCenter, ds.WindowWidth = 2048, 0
+        else:
+            del ds.WindowWidth
+    pr = build_gsps(images, study.images, EQUIPMENT, NOW)[0]
+    windows = [item for item in pr.SoftcopyVOILUTSequence if "WindowWidth" in item]
+    assert windows and all(float(item.WindowWidth) >= 1 for item in windows)
+    assert run_dciodvfy(_write(pr, tmp_path, "gsps_defect.dcm")) == []

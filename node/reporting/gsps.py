@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.errors import ReportError
 from node.model import Equipment, ImageFindings
+from node.pixels import has_voi_lut, has_window, modality_range
 from node.reporting.common import (
     PATIENT_STUDY_TYPE2,
     common_source, copy_identity, dicom_date, dicom_time, mark_radius_px, set_equipment,
@@ -71,9 +72,11 @@ def _annotation(source: Dataset, findings: ImageFindings, layer) -> hd.pr.Graphi
                                    graphic_objects=graphics, text_objects=texts)
 
 
-def _first_voi(src: Dataset) -> dict | None:
-    """The source's first window, or its first VOI LUT, as SoftcopyVOILUTTransformation args."""
-    if "WindowCenter" in src:
+def _first_voi(src: Dataset) -> dict:
+    """The source's first window, else its first VOI LUT, as SoftcopyVOILUTTransformation args;
+    else (no usable VOI: none, or a width under 1, a centre without a width, an empty VOI LUT
+    Sequence) a window over the whole Modality LUT output, the picture an identity VOI gives."""
+    if has_window(src):
         centre, width = src.WindowCenter, src.WindowWidth
         centre = centre[0] if isinstance(centre, MultiValue) else centre
         width = width[0] if isinstance(width, MultiValue) else width
@@ -81,7 +84,7 @@ def _first_voi(src: Dataset) -> dict | None:
         function = function if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else None
         return dict(window_center=float(centre), window_width=float(width),
                     voi_lut_function=function)
-    if src.get("VOILUTSequence"):
+    if has_voi_lut(src):
         lut = src.VOILUTSequence[0]
         data = lut.LUTData
         array = (np.frombuffer(data, np.uint16) if isinstance(data, bytes)
@@ -95,17 +98,17 @@ def _first_voi(src: Dataset) -> dict | None:
         return dict(voi_luts=[hd.VOILUT(first_mapped_value=int(lut.LUTDescriptor[1]),
                                         lut_data=array.astype(dtype),
                                         lut_explanation=lut.get("LUTExplanation"))])
-    return None
+    low, high = modality_range(src)
+    return dict(window_center=(low + high) / 2, window_width=max(high - low, 1.0), voi_lut_function=None)
 
 
 def _first_window(sources: Sequence[Dataset]) -> list[SoftcopyVOILUTTransformation] | None:
     """Fallback VOI when highdicom cannot copy the sources' own (it fails on in-memory
-    VOILUTSequence data and on window + LUT mixes): the first window or LUT of each image."""
+    VOILUTSequence data, on window + LUT mixes and on unusable windows): each image's first
+    window or LUT, or a window over its whole range."""
     transformations = []
     for src in sources:
         args = _first_voi(src)
-        if args is None:
-            continue
         refs = hd.ReferencedImageSequence([src]) if len(sources) > 1 else None
         transformations.append(SoftcopyVOILUTTransformation(referenced_images=refs, **args))
     return transformations or None
