@@ -33,7 +33,7 @@ from pydicom.uid import (
 from node.config import ImagesConfig
 from node.errors import NotAnalysableError, UnusableImageError
 from node.model import Laterality, Mammogram, Side, SourceRef, View
-from node.pixels import empty_rescale, is_for_processing, normalise
+from node.pixels import FOR_PROCESSING_CLASSES, empty_rescale, is_for_processing, normalise
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def check_analysable(ds: Dataset, config: ImagesConfig = ImagesConfig()) -> None
         raise NotAnalysableError(f"{_class_name(ds)} is not a mammography image")
     elif ds.get("Modality") not in (None, "", "MG"):  # absent in some real MG files: tolerated
         raise NotAnalysableError(f"Modality {ds.Modality} in a {_class_name(ds)} object: not a mammogram")
-    if sop_class in (MG_FOR_PROCESSING, DX_FOR_PROCESSING) and not config.analyse_for_processing:
+    if sop_class in FOR_PROCESSING_CLASSES and not config.analyse_for_processing:
         raise NotAnalysableError("For Processing image; configured to analyse For Presentation images only")
     if str(ds.get("QualityControlImage", "")).upper() == "YES":
         raise NotAnalysableError("quality-control image, not a patient image")

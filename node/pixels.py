@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 from pydicom.uid import DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForProcessing
 
 FOR_PROCESSING_CLASSES = (DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForProcessing)
@@ -66,6 +66,7 @@ def _rescaled(ds: Dataset) -> bool:
 
 
 def empty_rescale(ds: Dataset) -> bool:
+    """Whether Rescale Slope or Intercept is present without a value (images.py warns)."""
     return any(keyword in ds and ds.get(keyword) is None for keyword in ("RescaleSlope", "RescaleIntercept"))
 
 
@@ -120,7 +121,7 @@ def display_pixels(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     values = _modality_lut(ds, stored)
     voi = _voi(ds)
     if voi:
-        values = apply_voi_lut(values, ds, index=0)  # makes the same choice as _voi
+        values = (apply_voi if voi == "lut" else apply_windowing)(values, ds, index=0)
         lo, hi = _voi_output_range(ds, voi)
     else:
         lo, hi = (float(v) for v in np.percentile(values[::4, ::4], [0.5, 99.5]))
@@ -131,8 +132,8 @@ def display_pixels(ds: Dataset, stored: np.ndarray) -> np.ndarray:
 
 
 def _voi(ds: Dataset) -> str:
-    """The VOI stage pydicom's apply_voi_lut applies: "lut", "window", or "" (neither usable:
-    the data unchanged)."""
+    """The first VOI stage, in pydicom's order of preference: "lut", "window", or "" (neither
+    usable: the data unchanged)."""
     return "lut" if has_voi_lut(ds) else "window" if has_window(ds) else ""
 
 

@@ -93,7 +93,7 @@ def test_a_store_response_with_only_a_status_is_sent_as_one_pdu_from_here(monkey
     monkeypatch.setattr(reactor, "_send_msg", lambda *args: pytest.fail("went to pynetdicom"))
     provider = Provider()
     reactor.send_msg(provider, store_rsp(), 5)
-    ((pdata,),) = [provider.sent]
+    (pdata,) = provider.sent
     assert pdata.presentation_data_value_list == [(5, pynetdicom_response(3, UIDS[1], SUCCESS))]
 
 
