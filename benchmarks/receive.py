@@ -137,12 +137,16 @@ class Sent:
     seconds: float      # storescu's start to its exit
     sender_cpu_s: float  # storescu's own CPU seconds (user + system)
     busy_cpu_s: float    # CPU seconds the whole machine was busy meanwhile (all cores, kernel too)
+    steal_cpu_s: float   # CPU seconds the hypervisor took from this machine meanwhile
 
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds the machine has been busy since boot, all cores (/proc/stat, not idle/iowait)."""
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds since boot, all cores (/proc/stat): busy (not idle, iowait or steal), and
+    stolen by the hypervisor (a virtual CPU that was ready to run but not given a real one)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 def send(files: list[Path], ae: str, port: int, log: Path) -> Sent:
@@ -151,7 +155,7 @@ def send(files: list[Path], ae: str, port: int, log: Path) -> Sent:
            *map(str, files)]
     deadline = 120 + 10 * len(files)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy = busy_cpu_seconds()
+    busy, steal = machine_cpu_seconds()
     with open(log, "wb") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -167,7 +171,8 @@ def send(files: list[Path], ae: str, port: int, log: Path) -> Sent:
         raise BenchError(f"storescu exited with status {status}\n" + log_tail(log))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # storescu is the only child reaped
     sender_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-    return Sent(seconds, sender_cpu, busy_cpu_seconds() - busy)
+    busy_after, steal_after = machine_cpu_seconds()
+    return Sent(seconds, sender_cpu, busy_after - busy, steal_after - steal)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -259,6 +264,7 @@ def storescp_run(files: list[Path], work: Path) -> dict:
     if received != len(files):
         raise BenchError(f"storescp stored {received} of {len(files)} files\n" + log_tail(log))
     return dict(seconds=sent.seconds, sender_cpu_s=sent.sender_cpu_s, busy_cpu_s=sent.busy_cpu_s,
+                steal_cpu_s=sent.steal_cpu_s,
                 received=received, sync_s=sync_s)
 
 
@@ -282,6 +288,7 @@ def calcnode_run(files: list[Path], work: Path) -> dict:
     if final != len(files):
         raise BenchError(f"calcnode spooled {final} of {len(files)} files\n" + log_tail(log))
     return dict(seconds=sent.seconds, sender_cpu_s=sent.sender_cpu_s, busy_cpu_s=sent.busy_cpu_s,
+                steal_cpu_s=sent.steal_cpu_s,
                 received=final, at_exit=at_exit, ready_s=ready_s, rss_mb=rss,
                 rss_children_mb=rss_children, stop_s=proc.stopped_in, status=proc.returncode, cpu_s=cpu)
 
@@ -345,7 +352,8 @@ def cpu_per_image(run: dict, n: int) -> tuple[float, float, float]:
 
 def cpu_text(run: dict, n: int) -> str:
     sender, rest, share = cpu_per_image(run, n)
-    return f"CPU per image: storescu {sender:.0f} ms, the rest {rest:.0f} ms; machine {share:.0%} busy"
+    return (f"CPU per image: storescu {sender:.0f} ms, the rest {rest:.0f} ms, stolen by the "
+            f"hypervisor {run['steal_cpu_s'] / n * 1000:.0f} ms; machine {share:.0%} busy")
 
 
 def throughput_lines(res: dict) -> list[str]:
