@@ -117,6 +117,10 @@ def _fragment_length(sock, wait: bool = True) -> int | None:
     """The fragment length of the next PDU if it is a lone data set fragment; None if it is not
     or (``wait`` False) its header has not fully arrived. Nothing is consumed."""
     try:
+        # A socket with a timeout polls before every recv, for up to that timeout, whatever
+        # the flags: MSG_DONTWAIT alone would wait for the next PDU instead of returning.
+        if not wait and not select.select([sock], [], [], 0)[0]:
+            return None
         head = sock.recv(_HEADER_BYTES, socket.MSG_PEEK | (0 if wait else socket.MSG_DONTWAIT))
     except (OSError, ValueError):
         return None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,22 +46,30 @@ def restore_pynetdicom(monkeypatch) -> None:
             monkeypatch.setattr(module, name, getattr(module, name))
 
 
-@pytest.fixture
-def receiver(tmp_path, monkeypatch):
-    """An in-process receiver on a free loopback port; pynetdicom's globals restored after."""
+@contextmanager
+def running_receiver(tmp_path, monkeypatch, **listen):
+    """(the Receiver, its port, its spool): an in-process receiver on a free loopback port, with
+    ``listen`` settings; stopped after, and pynetdicom's globals restored."""
     monkeypatch.setattr(pynetdicom._config, "STORE_RECV_CHUNKED_DATASET", False)
     monkeypatch.setattr(pynetdicom._config, "LOG_HANDLER_LEVEL", pynetdicom._config.LOG_HANDLER_LEVEL)
     restore_pynetdicom(monkeypatch)
-    config = parse_config(node_config(tmp_path, study={"complete_after_s": 600}))
+    config = parse_config(node_config(tmp_path, study={"complete_after_s": 600}, listen=listen))
     spool = Spool(config.storage.path, config.storage.fsync).open()
     monkeypatch.setattr(tempfile, "tempdir", str(spool.incoming))  # as service.py does
     node = Receiver(config, spool)
     node.start()
     try:
-        yield config.listen.port, spool
+        yield node, config.listen.port, spool
     finally:
         node.stop()
         spool.close()
+
+
+@pytest.fixture
+def receiver(tmp_path, monkeypatch):
+    """(port, spool) of an in-process receiver (running_receiver)."""
+    with running_receiver(tmp_path, monkeypatch) as (_, port, spool):
+        yield port, spool
 
 
 def dataset_bytes(path: Path) -> bytes:

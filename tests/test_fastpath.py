@@ -10,20 +10,29 @@ O_DIRECT at open but refuses the write, and the write buffers.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import struct
+import time
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import decode
 
 from node import fastpath, received
 from node.received import CANNOT_UNDERSTAND
 from peers import STORESCU, require
-from receiving import image, receiver, send_and_check  # noqa: F401 (receiver: a fixture)
+from receiving import dataset_bytes, image, kept, receiver, running_receiver, send_and_check  # noqa: F401
 
 MG = "1.2.840.10008.5.1.4.1.1.1.2"
+_LAST = 0x02  # message control header: last fragment (PS3.8 E.2)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +105,126 @@ def test_a_data_set_in_a_single_pdu_is_kept_byte_for_byte(receiver, tmp_path, mo
 
 def uid_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+# -- a sender driven by hand: what storescu never sends --------------------------------------------
+
+def p_data(context_id: int, *pdvs: tuple[int, bytes]) -> bytes:
+    """A P-DATA-TF PDU holding ``pdvs``, each (message control header, fragment) (PS3.8 9.3.5)."""
+    items = b"".join(struct.pack(">LBB", len(data) + 2, context_id, control) + data
+                     for control, data in pdvs)
+    return struct.pack(">BBL", 0x04, 0, len(items)) + items
+
+
+class HandSender:
+    """An association made by pynetdicom whose socket the test then drives by hand."""
+
+    def __init__(self, port: int):
+        ae = AE(ae_title="HANDMADE")
+        ae.add_requested_context(MG, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", port, ae_title="CALCNODE")
+        assert assoc.is_established
+        self.sock = assoc.dul.socket.socket
+        assoc.dul._kill_thread = True  # pynetdicom stops reading: the socket is the test's
+        assoc.dul.join(timeout=5)
+        self.context_id = assoc.accepted_contexts[0].context_id
+
+    def send_command(self, path: Path, message_id: int) -> bytes:
+        """Send the C-STORE-RQ command of ``path``; returns its data set's bytes."""
+        data = dataset_bytes(path)
+        request = C_STORE()
+        request.MessageID, request.AffectedSOPClassUID = message_id, MG
+        request.AffectedSOPInstanceUID, request.Priority = uid_of(path), 2
+        request.DataSet = io.BytesIO(data)
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        for primitive in message.encode_msg(self.context_id, 1 << 20):
+            for _, pdv in primitive.presentation_data_value_list:
+                if pdv[0] & 0x01:  # the command's fragments (the data set's are sent by hand)
+                    self.sock.sendall(p_data(self.context_id, (pdv[0], pdv[1:])))
+        return data
+
+    def send(self, *pdvs: tuple[int, bytes]) -> None:
+        self.sock.sendall(p_data(self.context_id, *pdvs))
+
+    def read_pdu(self) -> bytes:
+        head = self.recv_exactly(6)
+        return head + self.recv_exactly(struct.unpack(">L", head[2:])[0])
+
+    def recv_exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            more = self.sock.recv(size - len(data))
+            assert more, "the receiver closed the connection"
+            data += more
+        return data
+
+
+def test_fragments_in_odd_shapes_and_with_pauses_are_kept_byte_for_byte(receiver, tmp_path, monkeypatch):
+    """A data set whose PDUs switch between the fast path and pynetdicom's: several PDVs in one
+    PDU (twice, the last fragment in one of them), fragments of 1-3 bytes, odd sizes, a pause
+    longer than the fast path waits for the next fragment, and a pause in the middle of a PDU."""
+    port, spool = receiver
+    runs = []
+    original = fastpath._Run.__init__
+    monkeypatch.setattr(fastpath._Run, "__init__",
+                        lambda self, provider, target: runs.append(target.tell()) or original(self, provider, target))
+    path = image(tmp_path, "odd-shapes", 1200, 900, 105)
+    sender = HandSender(port)
+    try:
+        data = sender.send_command(path, message_id=7)
+        sizes = [3, 1, 100_000, 99_999, 65_536, 2, 100_000]
+        pieces, at = [], 0
+        for size in sizes + [100_000] * ((len(data) - sum(sizes)) // 100_000):
+            pieces.append(data[at:at + size])
+            at += size
+        rest = data[at:]
+        sender.sock.sendall(b"".join(p_data(sender.context_id, (0, piece)) for piece in pieces[:3]))
+        sender.send((0, pieces[3][:50_000]), (0, pieces[3][50_000:]))
+        for piece in pieces[4:7]:
+            sender.send((0, piece))
+        time.sleep(5 * fastpath._WAIT_FOR_MORE_S)  # the fast path gives the socket back meanwhile
+        pdu = p_data(sender.context_id, (0, pieces[7]))
+        sender.sock.sendall(pdu[:70_001])
+        time.sleep(0.05)  # mid PDU
+        sender.sock.sendall(pdu[70_001:])
+        for piece in pieces[8:]:
+            sender.send((0, piece))
+        sender.send((0, rest[:-5]), (_LAST, rest[-5:]))
+        response = sender.read_pdu()
+        assert response[0] == 0x04 and response[11] == 0x03  # one PDV: the last command fragment
+        command = decode(io.BytesIO(response[12:]), True, True)
+        assert (command.MessageIDBeingRespondedTo, command.Status) == (7, 0x0000)
+        sender.sock.sendall(b"\x05\x00" + struct.pack(">L", 4) + bytes(4))  # A-RELEASE-RQ
+        assert sender.read_pdu()[0] == 0x06  # A-RELEASE-RP
+    finally:
+        sender.sock.close()
+    assert dataset_bytes(kept(spool, path)) == data
+    # the fast path took the data set in three runs, each resuming where pynetdicom had written
+    # (after the 2-byte fragment pynetdicom wrote, the PDU of two PDVs, and the pause)
+    assert len(runs) == 3 and runs == sorted(runs), runs
+
+
+def test_a_sender_pausing_mid_data_set_is_sent_an_abort_when_the_node_stops(tmp_path, monkeypatch):
+    """While a data set's fragments keep coming the fast path reads them in a loop, but a pause
+    hands the socket back to pynetdicom's reactor, which then sends the A-ABORT of a stopping
+    node (a fast path still waiting on the socket left the peer a bare close instead)."""
+    path = image(tmp_path, "paused", 1200, 900, 106)
+    with running_receiver(tmp_path, monkeypatch, network_timeout_s=30, shutdown_grace_s=0.2) as (node, port, _):
+        sender = HandSender(port)
+        try:
+            data = sender.send_command(path, message_id=1)
+            for at in range(0, 500_000, 100_000):
+                sender.send((0, data[at:at + 100_000]))
+            time.sleep(0.3)  # taken by the fast path, which then waits for more
+            start = time.monotonic()
+            aborted = node.stop()
+            took = time.monotonic() - start
+            assert aborted == 1
+            assert took < 5, f"stopping took {took:.1f} s"
+            assert sender.read_pdu()[0] == 0x07  # A-ABORT
+        finally:
+            sender.sock.close()
 
 
 def test_the_write_buffers_are_aligned_to_huge_pages_and_do_not_overlap():
