@@ -3,8 +3,10 @@
 End to end on loopback: DCMTK's storescu sends large data sets to an in-process receiver, which
 must keep them byte for byte whatever the PDU size, with O_DIRECT or through the page cache; the
 header read while a data set arrives must stand in for the handler's own read only when it is
-whole. Unit tests cover the header read from a file's first bytes, a filesystem that takes
-O_DIRECT at open but refuses the write, and the write buffers.
+whole. A sender driven by hand sends what storescu never does: several PDVs in one PDU, fragments
+of 1-3 bytes, pauses between and inside PDUs, and a pause while the node stops. Unit tests cover
+the header read from a file's first bytes, a filesystem that takes O_DIRECT at open but refuses
+the write, and the write buffers.
 """
 
 from __future__ import annotations
