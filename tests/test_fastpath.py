@@ -4,7 +4,8 @@ End to end on loopback: DCMTK's storescu sends large data sets to an in-process 
 must keep them byte for byte whatever the PDU size, with O_DIRECT or through the page cache; the
 header read while a data set arrives must stand in for the handler's own read only when it is
 whole. A sender driven by hand sends what storescu never does: several PDVs in one PDU, fragments
-of 1-3 bytes, pauses between and inside PDUs, and a pause while the node stops. Unit tests cover
+of 1-3 bytes, pauses between and inside PDUs, a pause while the node stops, and a data set cut
+by an A-RELEASE-RQ or a malformed PDU. Unit tests cover
 the header read from a file's first bytes, a filesystem that takes O_DIRECT at open but refuses
 the write, and the write buffers.
 """
@@ -30,7 +31,7 @@ from pynetdicom.dsutils import decode
 
 from node import fastpath, received
 from node.received import CANNOT_UNDERSTAND
-from peers import STORESCU, require
+from peers import STORESCU, require, wait_for
 from receiving import dataset_bytes, image, kept, receiver, running_receiver, send_and_check  # noqa: F401
 
 MG = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -205,6 +206,31 @@ def test_fragments_in_odd_shapes_and_with_pauses_are_kept_byte_for_byte(receiver
     # the fast path took the data set in three runs, each resuming where pynetdicom had written
     # (after the 2-byte fragment pynetdicom wrote, the PDU of two PDVs, and the pause)
     assert len(runs) == 3 and runs == sorted(runs), runs
+
+
+A_RELEASE_RQ = b"\x05\x00" + struct.pack(">L", 4) + bytes(4)
+# a P-DATA-TF whose one PDV claims 5000 bytes in a PDU of 106
+MALFORMED = struct.pack(">BBLLBB", 0x04, 0, 106, 5000, 1, 0) + bytes(100)
+
+
+@pytest.mark.parametrize("cut, answer", [(A_RELEASE_RQ, 0x06), (MALFORMED, 0x07)],
+                         ids=["release-request", "malformed-pdu"])
+def test_a_data_set_cut_by_another_pdu_leaves_nothing_behind(receiver, tmp_path, cut, answer):
+    """Half a data set taken by the fast path, then an A-RELEASE-RQ (answered with an
+    A-RELEASE-RP, as pynetdicom does) or a malformed PDU (an A-ABORT): nothing is kept, and the
+    partial file is gone."""
+    port, spool = receiver
+    sender = HandSender(port)
+    try:
+        data = sender.send_command(image(tmp_path, "cut", 1200, 900, 107), message_id=1)
+        for at in range(0, 500_000, 100_000):
+            sender.send((0, data[at:at + 100_000]))
+        sender.sock.sendall(cut)
+        assert sender.read_pdu()[0] == answer
+    finally:
+        sender.sock.close()
+    wait_for(lambda: not list(spool.incoming.iterdir()), 10, "the partial file to be removed")
+    assert not list((spool.root / "instances").rglob("*.dcm"))
 
 
 def test_a_sender_pausing_mid_data_set_is_sent_an_abort_when_the_node_stops(tmp_path, monkeypatch):
