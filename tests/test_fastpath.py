@@ -5,9 +5,8 @@ must keep them byte for byte whatever the PDU size, with O_DIRECT or through the
 header read while a data set arrives must stand in for the handler's own read only when it is
 whole. A sender driven by hand sends what storescu never does: several PDVs in one PDU, fragments
 of 1-3 bytes, pauses between and inside PDUs, a pause while the node stops, and a data set cut
-by an A-RELEASE-RQ or a malformed PDU. Unit tests cover
-the header read from a file's first bytes, a filesystem that takes O_DIRECT at open but refuses
-the write, and the write buffers.
+by an A-RELEASE-RQ or a malformed PDU. Unit tests cover the header read from a file's first
+bytes, a filesystem that takes O_DIRECT at open but refuses the write, and the write buffers.
 """
 
 from __future__ import annotations
