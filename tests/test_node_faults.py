@@ -1,5 +1,5 @@
-"""The running node under faults: a destination that is down, a SIGTERM in the middle of a
-transfer, a late image, a full disk and a resent study.
+"""The running node under faults: a destination that is down, one that hangs, a SIGTERM in the
+middle of a transfer, a late image, a full disk and a resent study.
 
 Every test runs ``python -m node serve`` as a process of its own (nodeproc.NodeProcess) on free
 127.0.0.1 ports, sends with DCMTK's storescu the way a modality would, and receives the node's
@@ -10,10 +10,13 @@ database, read-only.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -145,6 +148,75 @@ def test_destination_down_then_up_gets_every_result_once(tmp_path, spool_root, s
     again = node.status()
     assert re.search(r"^\s+sink: 0 pending, \d+ delivered, 0 failed$", again.stdout, re.MULTILINE), (
         again.stdout)
+
+
+class BlackHole:
+    """A destination that hangs: a loopback listener that accepts every connection and reads
+    whatever comes, but never answers (no A-ASSOCIATE-AC, no close)."""
+
+    def __init__(self):
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections.append(conn)
+            threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _swallow(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                pass
+
+    def close(self) -> None:
+        """Close the listener and every connection (shutdown first: a plain close would leave
+        the threads blocked in accept and recv holding them open)."""
+        for sock in (self.listener, *self.connections):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+HUNG_TIMEOUT_S = 120  # the hung destination's timeout_s: far longer than the test waits
+
+
+def test_a_hung_destination_holds_back_only_its_own_results(tmp_path, spool_root, start_node, stack):
+    hung = BlackHole()
+    stack.callback(hung.close)
+    healthy = sink_scp(stack, tmp_path, "healthy")
+    node = start_node(node_config(spool_root, destinations={
+        "hung": sink(hung.port, ae_title="HUNG", timeout_s=HUNG_TIMEOUT_S), "healthy": sink(healthy.port)}))
+    studies = [write_study(tmp_path / f"s{seed}", seed=seed) for seed in (815, 816)]
+
+    for study in studies:  # the node keeps receiving and analysing while one destination hangs
+        send(node, study.paths)
+        assert node.wait_study(study.identity.study_instance_uid, timeout_s=60)["state"] == "done"
+
+    def delivered(destination: str) -> bool:
+        states = [d["state"] for d in node.query(
+            "SELECT state FROM deliveries WHERE destination = ?", (destination,))]
+        return bool(states) and set(states) == {"done"}
+
+    outputs = {o["sop_uid"] for o in node.query("SELECT sop_uid FROM outputs")}
+    # well within the hung destination's timeout: its association attempt does not hold them up
+    wait_for(lambda: delivered("healthy"), HUNG_TIMEOUT_S / 2, "every result at the healthy destination")
+    assert Counter(str(ds.SOPInstanceUID) for ds in received_headers(healthy)) == Counter(outputs)
+    waiting = node.query("SELECT state FROM deliveries WHERE destination = 'hung'")
+    assert hung.connections and len(waiting) == len(outputs), waiting
+    assert {d["state"] for d in waiting} == {"pending"}, waiting
+
+    hung.close()  # the attempt in progress fails (transient); the destination comes back
+    back = stack.enter_context(StoreSCP(tmp_path / "back", port=hung.port, aet="HUNG",
+                                        extra_args=UNIQUE_FILENAMES))
+    wait_for(lambda: delivered("hung"), HUNG_TIMEOUT_S / 2, "every result at the destination that hung")
+    assert Counter(str(ds.SOPInstanceUID) for ds in received_headers(back)) == Counter(outputs)
 
 
 # -- 2 -----------------------------------------------------------------------------------------
