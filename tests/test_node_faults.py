@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from node.testing.study import write_study
 from nodeproc import (
@@ -185,6 +186,7 @@ class BlackHole:
 
 
 HUNG_TIMEOUT_S = 120  # the hung destination's timeout_s: far longer than the test waits
+SLOW_TIMEOUT_S = 2  # the slow destination's timeout_s
 
 
 def test_a_hung_destination_holds_back_only_its_own_results(tmp_path, spool_root, start_node, stack):
@@ -217,6 +219,42 @@ def test_a_hung_destination_holds_back_only_its_own_results(tmp_path, spool_root
                                         extra_args=UNIQUE_FILENAMES))
     wait_for(lambda: delivered("hung"), HUNG_TIMEOUT_S / 2, "every result at the destination that hung")
     assert Counter(str(ds.SOPInstanceUID) for ds in received_headers(back)) == Counter(outputs)
+
+
+def test_a_c_store_left_unanswered_is_sent_again_after_the_timeout(tmp_path, spool_root, start_node,
+                                                                    stack):
+    """A destination that takes the first object and answers only after the node's timeout: the
+    node gives up on that answer (a transient failure), and sends that object again, and the rest
+    of the association's objects, in a new association."""
+    arrived: list[str] = []
+
+    def store(event):
+        arrived.append(str(event.request.AffectedSOPInstanceUID))
+        if len(arrived) == 1:
+            time.sleep(3 * SLOW_TIMEOUT_S)  # the node stops waiting for this answer
+        return 0x0000
+
+    ae = AE(ae_title="SLOW")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server((LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    stack.callback(server.shutdown)
+    node = start_node(node_config(spool_root, destinations={
+        "slow": sink(port, ae_title="SLOW", timeout_s=SLOW_TIMEOUT_S)}))
+    study = write_study(tmp_path / "s", seed=817)
+    send(node, study.paths)
+    assert node.wait_study(study.identity.study_instance_uid, timeout_s=60)["state"] == "done"
+    wait_for(lambda: {d["state"] for d in node.query("SELECT state FROM deliveries")} == {"done"},
+             60, "every result delivered")
+    outputs = {o["sop_uid"] for o in node.query("SELECT sop_uid FROM outputs")}
+    counts = Counter(arrived)
+    assert set(counts) == outputs and len(outputs) > 1, counts
+    first = arrived[0]
+    assert counts[first] == 2 and all(n == 1 for uid, n in counts.items() if uid != first), counts
+    attempts = node.query("SELECT outcome, detail FROM delivery_attempts WHERE output_uid = ? ORDER BY id",
+                          (first,))
+    assert [a["outcome"] for a in attempts] == ["retry", "delivered"], attempts
+    assert "no response" in attempts[0]["detail"], attempts
 
 
 # -- 2 -----------------------------------------------------------------------------------------
