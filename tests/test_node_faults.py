@@ -1,5 +1,5 @@
-"""The running node under faults: a destination that is down, one that hangs, a SIGTERM in the
-middle of a transfer, a late image, a full disk and a resent study.
+"""The running node under faults: a destination that is down, one that hangs, one that answers
+too late, a SIGTERM in the middle of a transfer, a late image, a full disk and a resent study.
 
 Every test runs ``python -m node serve`` as a process of its own (nodeproc.NodeProcess) on free
 127.0.0.1 ports, sends with DCMTK's storescu the way a modality would, and receives the node's
