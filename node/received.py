@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.dataelem import RawDataElement
 
 from node import images
@@ -136,6 +137,18 @@ def _check_complete(parsed: _Parsed, size: int) -> None:
     if length != 0xFFFFFFFF and start + length > size:
         raise Rejected(CANNOT_UNDERSTAND, f"dataset is truncated: its pixel data has "
                                           f"{max(size - start, 0)} of {length} bytes")
+
+
+def failure(status: int, reason: str) -> Dataset:
+    """A C-STORE response with a failure ``status`` and ``reason`` as its Error Comment
+    (0000,0902; PS3.7 C.4.2.1.4), which the sender's log can show: an LO value, so printable
+    ASCII without backslashes (the command set has no character set of its own), at most 64
+    characters."""
+    response = Dataset()
+    response.Status = status
+    text = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in reason).strip()
+    response.ErrorComment = text if len(text) <= 64 else text[:61] + "..."
+    return response
 
 
 def shown(value: str, limit: int = 80) -> str:

@@ -33,7 +33,7 @@ from node.errors import SpoolError
 from node.metrics import record_refused
 from node.model import InstanceRecord, Role, View
 from node.received import (
-    OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS, EarlyHeaders, Rejected, read_header, shown)
+    OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS, EarlyHeaders, Rejected, failure, read_header, shown)
 from node.reporting.uids import is_valid_uid
 from node.spool import CONNECTION_CLOSED, Spool
 
@@ -241,12 +241,14 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int:
         log.warning("refused instance %s from %s: status 0x%04X %s",
                     _request_uid(event), assoc.requestor.ae_title, exc.status, exc)
         record_refused(spool, str(event.request.AffectedSOPClassUID), exc.status)
-        return exc.status
+        return failure(exc.status, str(exc))
     except (SpoolError, OSError) as exc:
         log.error("could not keep instance %s: %s", _request_uid(event), exc)
-        status = OUT_OF_RESOURCES if _disk_full(exc) else PROCESSING_FAILURE
+        full = _disk_full(exc)
+        status = OUT_OF_RESOURCES if full else PROCESSING_FAILURE
         record_refused(spool, str(event.request.AffectedSOPClassUID), status)
-        return status
+        # the reason stays in the node's log: it names paths of this machine
+        return failure(status, "disk full" if full else "the instance could not be kept")
     kind = "image" if record.role is Role.IMAGE else "kept, not analysed"
     log.info("stored study=%s sop=%s class=%s from=%s bytes=%d (%s)", record.study_instance_uid,
              record.sop_instance_uid, record.sop_class_uid, record.calling_ae, size, kind)

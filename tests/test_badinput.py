@@ -111,15 +111,16 @@ def test_each_kind_gets_its_outcome_offline(case, tmp_path):
 class NodeRun:
     node: NodeProcess
     statuses: dict[str, int | None]
+    comments: dict[str, str | None]  # each response's Error Comment
     rows: dict[str, dict | None]
     echo_after: bool
     status_text: str
     log: str
 
 
-def send_all(port: int, cases, folder: Path) -> dict[str, int | None]:
+def send_all(port: int, cases, folder: Path) -> tuple[dict[str, int | None], dict[str, str | None]]:
     """C-STORE each case's bytes as they are (the file meta names the request), in one
-    association; returns each case's response status (None: no response)."""
+    association; returns each case's response status (None: no response) and Error Comment."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for case in cases:
@@ -130,7 +131,7 @@ def send_all(port: int, cases, folder: Path) -> dict[str, int | None]:
     contexts = {(c.sop_class_uid, transfer_syntax(c.data)) for c in cases}
     for abstract, syntax in sorted(contexts):
         ae.add_requested_context(abstract, syntax)
-    statuses = {}
+    statuses, comments = {}, {}
     previous = pynetdicom._config.STORE_SEND_CHUNKED_DATASET
     pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes, never re-encoded
     try:
@@ -140,11 +141,12 @@ def send_all(port: int, cases, folder: Path) -> dict[str, int | None]:
             for case in cases:
                 response = assoc.send_c_store(paths[case.name])
                 statuses[case.name] = response.get("Status")
+                comments[case.name] = response.get("ErrorComment")
         finally:
             assoc.release()
     finally:
         pynetdicom._config.STORE_SEND_CHUNKED_DATASET = previous
-    return statuses
+    return statuses, comments
 
 
 def transfer_syntax(data: bytes) -> str:
@@ -175,7 +177,7 @@ def run(tmp_path_factory) -> NodeRun:
     node = NodeProcess(tmp, node_config(tmp, study={"complete_after_s": 2, "max_wait_s": 120}))
     try:
         node.start()
-        statuses = send_all(node.port, order, tmp / "sent")
+        statuses, comments = send_all(node.port, order, tmp / "sent")
         studies = {c.study_instance_uid for c in [*GOOD, *CORPUS] if c.expected.outcome != REFUSED
                    and c.expected.outcome != KEPT_}
         rows = {uid: node.wait_study(uid, timeout_s=180) for uid in sorted(studies)}
@@ -184,7 +186,7 @@ def run(tmp_path_factory) -> NodeRun:
         node.stop(timeout_s=60)
     finally:
         node.close()
-    return NodeRun(node, statuses, rows, echo_after, status_text, node.log_text())
+    return NodeRun(node, statuses, comments, rows, echo_after, status_text, node.log_text())
 
 
 @pytest.mark.timeout(600)
@@ -203,6 +205,25 @@ def test_every_kind_gets_its_status_and_the_good_study_is_analysed(run):
     assert "sr" in {o["kind"] for o in outputs}
     assert all((run.node.spool / o["path"]).is_file() for o in outputs)
     assert run.echo_after, "the node did not answer C-ECHO after the corpus"
+
+
+@pytest.mark.timeout(600)
+def test_each_refusal_says_why_in_its_error_comment(run):
+    """The reason of the node's log line, as an Error Comment (an LO value: at most 64 printable
+    ASCII characters, no backslash) the sender can show; none on a Success."""
+    refusals = [line for line in run.log.splitlines() if "refused instance" in line]
+    for case in CORPUS:
+        comment = run.comments[case.name]
+        if case.expected.outcome != REFUSED:
+            assert comment is None, (case.name, comment)
+            continue
+        assert comment and len(comment) <= 64, (case.name, comment)
+        assert all(" " <= c <= "~" and c != "\\" for c in comment), (case.name, comment)
+        head = comment.removesuffix("...")[:24]
+        status = f"status 0x{case.expected.status:04X} "
+        assert "?" in head or any(status in line and head in line for line in refusals), (
+            case.name, comment)
+    assert all(run.comments[c.name] is None for c in GOOD)
 
 
 @pytest.mark.timeout(600)

@@ -121,7 +121,9 @@ def test_every_other_message_goes_through_pynetdicom(case, monkeypatch):
     assert passed == [primitive] and not provider.sent
 
 
-def test_a_pynetdicom_peer_reads_the_statuses_of_responses_made_here(receiver, tmp_path, monkeypatch):
+def test_a_pynetdicom_peer_reads_a_success_made_here_and_a_refusal_with_its_reason(receiver, tmp_path,
+                                                                                    monkeypatch):
+    """Success is encoded here; a refusal carries an Error Comment, so pynetdicom encodes it."""
     port, spool = receiver
     made = []
     encode = reactor.store_response
@@ -139,8 +141,8 @@ def test_a_pynetdicom_peer_reads_the_statuses_of_responses_made_here(receiver, t
     finally:
         assoc.release()
     assert stored.Status == SUCCESS and refused.Status == OUT_OF_RESOURCES
-    assert [args[2:] for args in made] == [(str(ds.SOPInstanceUID), SUCCESS),
-                                          (str(ds.SOPInstanceUID), OUT_OF_RESOURCES)]
+    assert refused.ErrorComment == "less than 0 MB free" and "ErrorComment" not in stored
+    assert [args[2:] for args in made] == [(str(ds.SOPInstanceUID), SUCCESS)]
 
 
 def test_the_reactors_of_a_receiving_association_are_woken_by_their_work(receiver, tmp_path, monkeypatch):
