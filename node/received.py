@@ -15,8 +15,8 @@ from functools import cached_property
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 
 from node import images
 from node.reporting.uids import is_valid_uid

@@ -25,6 +25,7 @@ from typing import Callable
 
 import pynetdicom
 from pydicom import uid as tsuid
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt, sop_class
 
 from node import fastpath, images, reactor, security
@@ -33,7 +34,9 @@ from node.errors import SpoolError
 from node.metrics import record_refused
 from node.model import InstanceRecord, Role, View
 from node.received import (
-    OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS, EarlyHeaders, Rejected, failure, read_header, shown)
+    OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS, EarlyHeaders, Rejected, failure, read_header,
+    shown,
+)
 from node.reporting.uids import is_valid_uid
 from node.spool import CONNECTION_CLOSED, Spool
 
@@ -225,8 +228,9 @@ def _echo(event) -> int:
     return SUCCESS
 
 
-def handle_store(event, spool: Spool, config: Config, clock, notify) -> int:
-    """Keep one received instance durably, then answer; every failure has a named status."""
+def handle_store(event, spool: Spool, config: Config, clock, notify) -> int | Dataset:
+    """Keep one received instance durably, then answer; every failure has a named status and
+    says why in its Error Comment."""
     assoc = event.assoc
     path = Path(event.dataset_path)
     try:
