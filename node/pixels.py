@@ -134,7 +134,7 @@ def display_pixels(ds: Dataset, stored: np.ndarray) -> np.ndarray:
 def _voi(ds: Dataset) -> str:
     """The first VOI stage, in pydicom's order of preference: "lut", "window", or "" (neither
     usable: the data unchanged)."""
-    return "lut" if has_voi_lut(ds) else "window" if has_window(ds) else ""
+    return "lut" if has_voi_lut(ds) else "window" if first_window(ds) is not None else ""
 
 
 def has_voi_lut(ds: Dataset) -> bool:
@@ -143,13 +143,15 @@ def has_voi_lut(ds: Dataset) -> bool:
     return bool(lut) and None not in (lut[0].get("LUTDescriptor"), lut[0].get("LUTData"))
 
 
-def has_window(ds: Dataset) -> bool:
-    """A first window centre and width (pydicom's test), the width at least 1: pydicom refuses a
-    narrower one, and it counts as none here (the image is stretched rather than not shown)."""
+def first_window(ds: Dataset) -> tuple[float, float] | None:
+    """The first window's (centre, width) when there is a usable one: a centre and a width
+    (pydicom's test), the width at least 1: pydicom refuses a narrower one, and it counts as none
+    here (the image is stretched rather than not shown)."""
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is None or width is None:
-        return False
-    return float(width[0] if isinstance(width, MultiValue) else width) >= 1
+        return None
+    center, width = (float(v[0] if isinstance(v, MultiValue) else v) for v in (center, width))
+    return (center, width) if width >= 1 else None
 
 
 def _voi_output_range(ds: Dataset, voi: str) -> tuple[float, float]:

@@ -19,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.errors import ReportError
 from node.model import Equipment, ImageFindings
-from node.pixels import has_voi_lut, has_window, modality_range
+from node.pixels import first_window, has_voi_lut, modality_range
 from node.reporting.common import (
     PATIENT_STUDY_TYPE2,
     common_source, copy_identity, dicom_date, dicom_time, mark_radius_px, set_equipment,
@@ -76,14 +76,11 @@ def _first_voi(src: Dataset) -> dict:
     """The source's first window, else its first VOI LUT, as SoftcopyVOILUTTransformation args;
     else (no usable VOI: none, or a width under 1, a centre without a width, an empty VOI LUT
     Sequence) a window over the whole Modality LUT output, the picture an identity VOI gives."""
-    if has_window(src):
-        centre, width = src.WindowCenter, src.WindowWidth
-        centre = centre[0] if isinstance(centre, MultiValue) else centre
-        width = width[0] if isinstance(width, MultiValue) else width
+    window = first_window(src)
+    if window is not None:
         function = src.get("VOILUTFunction")
         function = function if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else None
-        return dict(window_center=float(centre), window_width=float(width),
-                    voi_lut_function=function)
+        return dict(window_center=window[0], window_width=window[1], voi_lut_function=function)
     if has_voi_lut(src):
         lut = src.VOILUTSequence[0]
         data = lut.LUTData
