@@ -9,7 +9,8 @@ data set is being written to its file and nothing else is queued - the fragment 
 straight to that file, exactly as pynetdicom's own decoder would (state Sta6 stays Sta6 for
 P-DATA). After the data set's last fragment, pynetdicom is handed an empty last fragment in
 its place, which completes the message as the real one would have. Every other PDU, and any
-TLS connection (no MSG_PEEK there), takes pynetdicom's path unchanged.
+TLS connection (no MSG_PEEK there), takes pynetdicom's path unchanged; one whose header the
+fast path read ahead is completed and handed to pynetdicom, decoded by its own ``_decode_pdu``.
 
 The fragments go from the socket into page-aligned buffers, and from there to the file with
 O_DIRECT, by a writer thread while the next buffer fills. Through the page cache, ext4 spent
@@ -72,36 +73,64 @@ def _read_pdu_fast(provider) -> None:
 
     While such fragments keep arriving (the peer is mid data set), they are read here in a loop:
     returning to pynetdicom's reactor with no event queued would make it sleep 1 ms per PDU.
-    Every byte read is in the file, and the file positioned after it, before this returns.
+    Each read takes the rest of a fragment and the next PDU's header together, so a PDU costs
+    one system call, not the three of a peek, a header read and a data read (plus the poll
+    Python makes before each read on a socket with a timeout). A header read ahead that does not
+    start another lone data set fragment is completed and queued for pynetdicom as its own read
+    would have (``_hand_over``). Every byte read is in the file, and the file positioned after
+    it, before this returns.
     """
     target = _fragment_file(provider)
     sock = provider.socket.socket if target is not None else None
-    length = _fragment_length(sock) if sock is not None else None
-    if length is None:
+    if sock is None or _fragment_length(sock) is None:
         return _read_pdu_data(provider)
+    fd, timeout = sock.fileno(), sock.gettimeout()
     run = _Run(provider, target)
+    head = memoryview(run.header)
+    ahead = b""  # the start of a PDU read ahead that pynetdicom is to have
     try:
         # Nothing else runs on this thread meanwhile, so the checks of _fragment_file still
-        # hold, until a PDU is cut short (then pynetdicom takes over with Evt17 queued).
-        while length is not None:
-            if provider._kill_thread:
-                return
-            if not run.receive(sock, length):
-                provider.event_queue.put("Evt17")  # transport closed mid-PDU
+        # hold, until a PDU read is not a lone data set fragment (pynetdicom takes that one).
+        if not _read_exactly(fd, head, timeout):
+            provider.event_queue.put("Evt17")  # transport closed mid-PDU
+            return
+        while not provider._kill_thread:  # killed: the association is going, unread bytes too
+            got = run.receive(fd, timeout)
+            if got is None:
+                provider.event_queue.put("Evt17")
                 return
             if run.last_context is not None:
                 break
-            length = _fragment_length(sock, wait=False)
-            if length is None:
-                if not select.select([sock], [], [], _WAIT_FOR_MORE_S)[0]:
-                    return  # the peer paused: back to pynetdicom's reactor
-                length = _fragment_length(sock)
+            if not got and not select.select([fd], [], [], _WAIT_FOR_MORE_S)[0]:
+                return  # the peer paused: back to pynetdicom's reactor, nothing read ahead
+            got = _next_header(fd, timeout, head, got)
+            if got is None:
+                provider.event_queue.put("Evt17")
+                return
+            if got < _HEADER_BYTES or _fragment_size(head) is None:
+                ahead = bytes(head[:got])
+                break
     finally:
         run.close()
     if run.last_context is not None:
         _complete(provider, run.last_context)
-    else:  # another kind of PDU is waiting: read it now, as pynetdicom's reactor would only
-        _read_pdu_data(provider)  # after a sleep (it sleeps when a read queued no event)
+    elif ahead:
+        _hand_over(provider, fd, timeout, ahead)
+
+
+def _next_header(fd: int, timeout: float | None, head: memoryview, got: int) -> int | None:
+    """Complete the next PDU's header in ``head``, of which ``got`` bytes are in: its 6 bytes,
+    then the PDV header too when it is a P-DATA-TF (every PDU is at least 10 bytes, a P-DATA-TF
+    at least 12, so these reads take nothing past this PDU). How many bytes of ``head`` hold
+    the header, or None if the connection ended first."""
+    for need in (6, _HEADER_BYTES):
+        if got < need:
+            if not _read_exactly(fd, head[got:need], timeout):
+                return None
+            got = need
+        if head[0] != _P_DATA_TF or struct.unpack_from(">L", head, 2)[0] < 6:
+            break
+    return got
 
 
 def _complete(provider, context_id: int) -> None:
@@ -113,20 +142,48 @@ def _complete(provider, context_id: int) -> None:
     provider._recv_pdu.put(pdu)
 
 
-def _fragment_length(sock, wait: bool = True) -> int | None:
-    """The fragment length of the next PDU if it is a lone data set fragment; None if it is not
-    or (``wait`` False) its header has not fully arrived. Nothing is consumed."""
+def _hand_over(provider, fd: int, timeout: float | None, ahead: bytes) -> None:
+    """Read the rest of the PDU that ``ahead`` begins and queue it for pynetdicom, as its own
+    ``_read_pdu_data`` would have: Evt17 if the connection ends first, Evt19 for an unknown PDU
+    type or one that does not decode (pynetdicom then aborts), else the PDU and its event. A
+    10-byte PDU (A-RELEASE, A-ABORT) may be followed in ``ahead`` by the start of the next: that
+    one is read and queued after it."""
+    data = bytearray(ahead)
+    while data:
+        if len(data) < 6 and not _read_more(fd, timeout, data, 6 - len(data)):
+            provider.event_queue.put("Evt17")
+            return
+        pdu_type, _, pdu_length = struct.unpack_from(">BBL", data)
+        if pdu_type not in range(0x01, 0x08):
+            provider.event_queue.put("Evt19")
+            return
+        if not _read_more(fd, timeout, data, 6 + pdu_length - len(data)):
+            provider.event_queue.put("Evt17")
+            return
+        pdu_bytes, data = data[:6 + pdu_length], data[6 + pdu_length:]
+        try:
+            pdu, event = provider._decode_pdu(pdu_bytes)
+        except Exception:  # as pynetdicom's reader: an undecodable PDU is Evt19
+            provider.event_queue.put("Evt19")
+            return
+        provider.event_queue.put(event)
+        provider._recv_pdu.put(pdu)
+
+
+def _fragment_length(sock) -> int | None:
+    """The fragment length of the next PDU if it is a lone data set fragment, else None; the
+    PDU's header is peeked, not consumed."""
     try:
-        # A socket with a timeout polls before every recv, for up to that timeout, whatever
-        # the flags: MSG_DONTWAIT alone would wait for the next PDU instead of returning.
-        if not wait and not select.select([sock], [], [], 0)[0]:
-            return None
-        head = sock.recv(_HEADER_BYTES, socket.MSG_PEEK | (0 if wait else socket.MSG_DONTWAIT))
+        head = sock.recv(_HEADER_BYTES, socket.MSG_PEEK)
     except (OSError, ValueError):
         return None
-    if len(head) < _HEADER_BYTES:
-        return None
-    pdu_type, _, pdu_length, pdv_length, _, control = struct.unpack(">BBLLBB", head)
+    return _fragment_size(head) if len(head) == _HEADER_BYTES else None
+
+
+def _fragment_size(head) -> int | None:
+    """From a PDU's first 12 bytes: its fragment's length if it is a P-DATA-TF holding one data
+    set fragment (PS3.8 9.3.5, E.2), else None."""
+    pdu_type, _, pdu_length, pdv_length, _, control = struct.unpack_from(">BBLLBB", head)
     if pdu_type != _P_DATA_TF or pdv_length + 4 != pdu_length or control & _COMMAND:
         return None
     return pdu_length + 6 - _HEADER_BYTES
@@ -155,31 +212,39 @@ class _Run:
         self.announce = _started is not None and not getattr(target, "calcnode_announced", False)
         self.last_context: int | None = None  # the presentation context, once the last fragment is in
 
-    def receive(self, sock, length: int) -> bool:
-        """Read one PDU (its header was peeked) and keep its fragment; False if the connection
-        ended first."""
-        if not _recv_exactly(sock, memoryview(self.header)):
-            return False
+    def receive(self, fd: int, timeout: float | None) -> int | None:
+        """Keep the fragment of the PDU whose 12-byte header is in ``self.header``; unless it is
+        the data set's last, read the next PDU's header with its end, into ``self.header``, as
+        far as it has arrived. Returns how many bytes of that header were read, or None if the
+        connection ended first."""
+        length = _fragment_size(self.header)
         if self.header[-1] & _LAST:
             self.last_context = self.header[-2]
+        ahead = memoryview(self.header) if self.last_context is None else None
+        got = 0
         while length:
             if self.head:  # only at the start of a run
                 part = bytearray(min(self.head, length))
-                if not _recv_exactly(sock, memoryview(part)):
-                    return False
+                if not _read_exactly(fd, memoryview(part), timeout):
+                    return None
                 _pwrite(self.target.fileno(), memoryview(part), self.offset - self.head)
                 self.head -= len(part)
                 length -= len(part)
                 continue
             take = min(_CHUNK - self.fill, length)
-            if not _recv_exactly(sock, self.buffers[self.index][self.fill:self.fill + take]):
-                return False
-            self.fill += take
-            length -= take
+            views = [self.buffers[self.index][self.fill:self.fill + take]]
+            if take == length and ahead is not None:
+                views.append(ahead)
+            done = _readv(fd, views, timeout)
+            if not done:
+                return None
+            got = max(done - take, 0)
+            self.fill += done - got
+            length -= done - got
             if self.fill == _CHUNK:
                 self._submit(_CHUNK)
                 self._wait(self.index)  # until the next buffer is free
-        return True
+        return got
 
     def _submit(self, size: int) -> None:
         """Write the first ``size`` bytes of the current buffer (a multiple of _ALIGN, but for
@@ -249,16 +314,42 @@ def _open_direct(path: str) -> int | None:
         return None
 
 
-def _recv_exactly(sock, view: memoryview) -> bool:
-    received, size = 0, len(view)
-    try:
-        while received < size:
-            got = sock.recv_into(view[received:])
-            if not got:
-                return False
-            received += got
-    except OSError:
-        return False
+def _readv(fd: int, views: list[memoryview], timeout: float | None) -> int:
+    """Read into ``views`` in turn what has arrived, waiting up to ``timeout`` for the first
+    byte; 0 if the connection ended or stayed silent that long. The socket is non-blocking (it
+    has a timeout), so a read costs no poll unless nothing has arrived."""
+    while True:
+        try:
+            return os.readv(fd, views)
+        except BlockingIOError:
+            try:
+                if not select.select([fd], [], [], timeout)[0]:
+                    return 0
+            except (OSError, ValueError):
+                return 0
+        except OSError:
+            return 0
+
+
+def _read_exactly(fd: int, view: memoryview, timeout: float | None) -> bool:
+    """Fill ``view``; False if the connection ended or a wait for more lasted ``timeout``."""
+    while view:
+        done = _readv(fd, [view], timeout)
+        if not done:
+            return False
+        view = view[done:]
+    return True
+
+
+def _read_more(fd: int, timeout: float | None, data: bytearray, size: int) -> bool:
+    """Append ``size`` more bytes to ``data``, a MiB at most at a time (a PDU length a peer
+    claims is not allocated before its bytes arrive)."""
+    while size > 0:
+        part = bytearray(min(size, 1 << 20))
+        if not _read_exactly(fd, memoryview(part), timeout):
+            return False
+        data += part
+        size -= len(part)
     return True
 
 

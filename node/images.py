@@ -194,6 +194,40 @@ def read_file(path) -> Dataset:
         raise UnusableImageError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
 
 
+class _BoundedFile(io.FileIO):
+    """A file read no further than its first ``end`` bytes, which keeps its own position: a
+    BufferedReader's ``tell`` asks its raw file, and a seek of the system's is a system call,
+    made for every element pydicom reads."""
+
+    def __init__(self, path, end: int | None):
+        super().__init__(path, "r")
+        size = os.fstat(self.fileno()).st_size
+        self.end = size if end is None else min(size, end)
+        self.position = 0
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")[:max(self.end - self.position, 0)]
+        done = super().readinto(view) or 0
+        self.position += done
+        return done
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = max(self.end - self.position, 0)
+        data = super().read(left if size is None or size < 0 else min(size, left))
+        self.position += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.position = super().seek(offset, whence)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+
 class _BoundedReader(io.BufferedReader):
     """``read(n)`` never asks for more than what is left of the file. pydicom reads a damaged
     value length as it is, and Python allocates the bytes asked for before reading them: a
@@ -201,18 +235,14 @@ class _BoundedReader(io.BufferedReader):
 
     def read(self, size: int | None = -1) -> bytes:
         if size is not None and size > 0:
-            size = min(size, max(self.raw_size - self.tell(), 0))
+            size = min(size, max(self.raw.end - self.tell(), 0))
         return super().read(size)
 
 
 def open_bounded(path, limit: int | None = None) -> io.BufferedReader:
     """A file opened for reading DICOM from untrusted senders (see _BoundedReader); nothing
     past its first ``limit`` bytes is read when given."""
-    raw = io.FileIO(path, "r")
-    reader = _BoundedReader(raw)
-    size = os.fstat(raw.fileno()).st_size
-    reader.raw_size = size if limit is None else min(size, limit)
-    return reader
+    return _BoundedReader(_BoundedFile(path, limit))
 
 
 def checked_laterality(ds: Dataset) -> Laterality:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import socket
 import struct
 import time
 from pathlib import Path
@@ -208,26 +209,68 @@ def test_fragments_in_odd_shapes_and_with_pauses_are_kept_byte_for_byte(receiver
 
 
 A_RELEASE_RQ = b"\x05\x00" + struct.pack(">L", 4) + bytes(4)
+A_ABORT = b"\x07\x00" + struct.pack(">L", 4) + bytes([0, 0, 0, 0])  # by the service user
 # a P-DATA-TF whose one PDV claims 5000 bytes in a PDU of 106
 MALFORMED = struct.pack(">BBLLBB", 0x04, 0, 106, 5000, 1, 0) + bytes(100)
+UNKNOWN_TYPE = b"\x0a\x00" + struct.pack(">L", 4) + bytes(4)
 
 
-@pytest.mark.parametrize("cut, answer", [(A_RELEASE_RQ, 0x06), (MALFORMED, 0x07)],
-                         ids=["release-request", "malformed-pdu"])
-def test_a_data_set_cut_by_another_pdu_leaves_nothing_behind(receiver, tmp_path, cut, answer):
+@pytest.mark.parametrize("cut, answer", [(A_RELEASE_RQ, 0x06), (MALFORMED, 0x07), (UNKNOWN_TYPE, 0x07)],
+                         ids=["release-request", "malformed-pdu", "unknown-pdu-type"])
+@pytest.mark.parametrize("glued", [True, False], ids=["read-ahead", "after-a-pause"])
+def test_a_data_set_cut_by_another_pdu_leaves_nothing_behind(receiver, tmp_path, monkeypatch, cut, answer,
+                                                             glued):
     """Half a data set taken by the fast path, then an A-RELEASE-RQ (answered with an
-    A-RELEASE-RP, as pynetdicom does) or a malformed PDU (an A-ABORT): nothing is kept, and the
-    partial file is gone."""
+    A-RELEASE-RP, as pynetdicom does), a malformed PDU or one of an unknown type (an A-ABORT):
+    nothing is kept, and the partial file is gone. Sent right behind a fragment, the PDU's start
+    is read with it and handed to pynetdicom; after a pause, pynetdicom reads it itself."""
     port, spool = receiver
+    handed = []
+    hand_over = fastpath._hand_over
+    monkeypatch.setattr(fastpath, "_hand_over", lambda *args: handed.append(args[-1]) or hand_over(*args))
     sender = HandSender(port)
     try:
         data = sender.send_command(image(tmp_path, "cut", 1200, 900, 107), message_id=1)
-        for at in range(0, 500_000, 100_000):
+        for at in range(0, 400_000, 100_000):
             sender.send((0, data[at:at + 100_000]))
-        sender.sock.sendall(cut)
+        last = p_data(sender.context_id, (0, data[400_000:500_000]))
+        if glued:
+            sender.sock.sendall(last + cut)
+        else:
+            sender.sock.sendall(last)
+            time.sleep(20 * fastpath._WAIT_FOR_MORE_S)
+            sender.sock.sendall(cut)
         assert sender.read_pdu()[0] == answer
     finally:
         sender.sock.close()
+    wait_for(lambda: not list(spool.incoming.iterdir()), 10, "the partial file to be removed")
+    assert not list((spool.root / "instances").rglob("*.dcm"))
+    assert [cut.startswith(ahead) for ahead in handed] == ([True] if glued else [])
+
+
+def test_a_short_pdu_read_ahead_with_the_start_of_the_next_hands_over_both(receiver, tmp_path, monkeypatch):
+    """An A-RELEASE-RQ (10 bytes) and an A-ABORT right behind a fragment: the fast path reads the
+    12-byte header ahead, which holds the request and the abort's first 2 bytes. pynetdicom gets
+    both PDUs whole: the peer's abort ends the association, and the node sends no A-ABORT of its
+    own (it would, for an unrecognised PDU, had the abort's bytes been cut)."""
+    port, spool = receiver
+    handed = []
+    hand_over = fastpath._hand_over
+    monkeypatch.setattr(fastpath, "_hand_over", lambda *args: handed.append(args[-1]) or hand_over(*args))
+    sender = HandSender(port)
+    pdus = []
+    try:
+        data = sender.send_command(image(tmp_path, "cut", 1200, 900, 108), message_id=1)
+        for at in range(0, 400_000, 100_000):
+            sender.send((0, data[at:at + 100_000]))
+        sender.sock.sendall(p_data(sender.context_id, (0, data[400_000:500_000])) + A_RELEASE_RQ + A_ABORT)
+        sender.sock.settimeout(10)
+        while sender.sock.recv(1, socket.MSG_PEEK):  # until the node closes the connection
+            pdus.append(sender.read_pdu()[0])
+    finally:
+        sender.sock.close()
+    assert handed == [(A_RELEASE_RQ + A_ABORT)[:12]]
+    assert 0x07 not in pdus, pdus
     wait_for(lambda: not list(spool.incoming.iterdir()), 10, "the partial file to be removed")
     assert not list((spool.root / "instances").rglob("*.dcm"))
 

@@ -1,6 +1,7 @@
 """images.py: which objects are analysed, pixel normalisation, spacing, orientation."""
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 
 from node.config import ImagesConfig
 from node.errors import NotAnalysableError, UnusableImageError
+from node import images
 from node.images import (
     PREFERRED_DECODER, decode, decoding_plugin, pixel_spacing_mm, to_mammogram,
 )
@@ -307,3 +309,21 @@ def test_a_corrupt_stream_is_not_handed_to_another_decoder():
         decode(damaged)
     others = set(get_decoder(JPEGLSLossless).available_plugins) - {decoding_plugin(JPEGLSLossless)}
     assert not any(f"{name}:" in str(caught.value) for name in others)
+
+
+def test_a_bounded_file_reads_nothing_past_its_limit(tmp_path):
+    data = bytes(range(256)) * 64
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with images.open_bounded(path, 1000) as fp:
+        assert fp.read(10) == data[:10] and fp.tell() == 10
+        fp.seek(990)
+        assert fp.read(100) == data[990:1000] and fp.tell() == 1000
+        assert fp.read(5) == b""
+        fp.seek(500)
+        assert fp.read() == data[500:1000]
+        fp.seek(0)
+        assert fp.read(1 << 40) == data[:1000]  # a damaged length: never allocated
+    with images.open_bounded(path) as fp:
+        fp.seek(-6, os.SEEK_END)
+        assert fp.read(100) == data[-6:] and fp.tell() == len(data)
