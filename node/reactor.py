@@ -12,9 +12,12 @@ and reads the socket). Each such sleep lasts 1.1-1.2 ms here, and several lie on
 every C-STORE. ``watch`` makes the queues these loops read set a ``Wake`` when an item is put,
 and ``install`` gives pynetdicom's ``dul`` and ``association`` modules a copy of ``time`` whose
 millisecond sleep, in a watched thread, ends as soon as its ``Wake`` is set or (the DUL) its
-socket has data, and otherwise after the same millisecond: each loop still checks everything
-else (timers, its kill flag) as often as before. Other threads (our own requestor associations
-too) and longer sleeps sleep as before.
+socket has data. Otherwise the DUL's ends after the same millisecond, and the association's
+after 10 ms: everything it acts on (a message, the peer's release or abort) comes through the
+queues that wake it, and the rest it checks (its kill flag, the DUL's end, the network timeout)
+can wait that long, as pynetdicom's own ``kill`` polls every 10 ms; waking a thousand times a
+second cost 3-5 ms of CPU per image (docs/benchmarks.md). Other threads (our own requestor
+associations too) and longer sleeps sleep as before.
 
 The C-STORE response: pynetdicom builds a pydicom data set from the response primitive and
 encodes it, about 1 ms of Python per image. ``send_msg`` writes the same bytes directly (the
@@ -52,6 +55,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 _POLL_S = 0.001  # pynetdicom's reactors' sleep (3.0); longer sleeps are left alone
+_IDLE_S = 0.01  # the association's loop, with nothing to do: pynetdicom's kill() polls as often
 _LAST_COMMAND_FRAGMENT = b"\x03"  # message control header: command, last fragment (PS3.8 E.2)
 _C_STORE_RSP, _NO_DATA_SET = 0x8001, 0x0101
 _send_msg = dimse.DIMSEServiceProvider.send_msg
@@ -93,8 +97,8 @@ def sleep(seconds: float) -> None:
             select.select([sock, wake.fd], [], [], seconds)
         except (OSError, ValueError):  # the socket closed meanwhile
             wake.wait(seconds)
-    else:
-        wake.wait(seconds)
+    else:  # the association's loop: its work all comes through a watched queue
+        wake.wait(_IDLE_S if sock is None and seconds == _POLL_S else seconds)
     wake.clear()  # before the loop looks at its queues: a later put sets it again
 
 

@@ -185,6 +185,7 @@ def sleeping(target, seconds: float, watched: bool, dul_socket=None) -> tuple[th
 
 def test_a_watched_poll_ends_when_its_queue_gets_an_item(monkeypatch):
     monkeypatch.setattr(reactor, "_POLL_S", 10.0)  # a poll long enough to see it cut short
+    monkeypatch.setattr(reactor, "_IDLE_S", 10.0)
     wake, items = reactor.Wake(), queue.Queue()
     reactor._wake_on_put(items, wake)
     thread, took = sleeping(wake, 10.0, watched=True)
@@ -206,6 +207,21 @@ def test_a_dul_poll_ends_when_its_socket_has_data(monkeypatch):
     finally:
         ours.close()
         peer.close()
+
+
+def test_with_nothing_to_do_the_association_polls_less_often_than_the_dul(monkeypatch):
+    """The association's loop waits up to _IDLE_S for work; the DUL's keeps pynetdicom's poll."""
+    monkeypatch.setattr(reactor, "_IDLE_S", 0.3)
+    ours, peer = socket.socketpair()
+    try:
+        association, took_association = sleeping(reactor.Wake(), reactor._POLL_S, watched=True)
+        dul_thread, took_dul = sleeping(reactor.Wake(), reactor._POLL_S, watched=True, dul_socket=ours)
+        association.join(5)
+        dul_thread.join(5)
+    finally:
+        ours.close()
+        peer.close()
+    assert took_association[0] >= 0.29 and took_dul[0] < 0.1
 
 
 def test_other_threads_and_longer_sleeps_sleep_in_full(monkeypatch):
