@@ -7,7 +7,9 @@ A. Throughput. N uncompressed full-field mammograms (4096 x 3328, 16-bit, about 
    ``calcnode serve`` (fsync on, analysis held back by ``complete_after_s: 600``). Both receivers
    offer a 128 KiB maximum PDU, which is what limits the sender's PDVs; storescu receives with a
    128 KiB PDU too. Wall clock from storescu's start to its exit gives images/s and MB/s
-   (1 MB = 1e6 bytes of file size). The issue's target is calcnode >= 0.7 x storescp.
+   (1 MB = 1e6 bytes of file size). The issue's target is calcnode >= 0.7 x storescp. After
+   each pair, the same number of files of the same size are written the way the spool writes
+   them, without the network ("disk alone", ``disk_run``): the rate the disk allows calcnode.
 
 B. Latency. A four-view full-field study (seed 424242, 424243, ...) is sent in one association to
    a calcnode with ``analyse_when_four_views: true``, ``complete_after_s: 10`` and one destination,
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -293,6 +296,49 @@ def calcnode_run(files: list[Path], work: Path) -> dict:
                 rss_children_mb=rss_children, stop_s=proc.stopped_in, status=proc.returncode, cpu_s=cpu)
 
 
+def disk_run(n: int, size: int, work: Path) -> float:
+    """Seconds to write ``n`` files of ``size`` bytes the way the spool keeps a received image,
+    without the network: 4 MiB O_DIRECT writes from fastpath's huge-page buffers by writer
+    threads (two buffers, so at most two writes in flight), then fsync, rename into place and
+    fsync of the folder. What this disk allows calcnode at most."""
+    from node import fastpath
+    from node.spool import fsync_dir
+
+    folder = work / "disk-alone"
+    (folder / "incoming").mkdir(parents=True)
+    (folder / "instances").mkdir()
+    buffers = fastpath._buffers()
+    for buffer in buffers:
+        buffer[:] = os.urandom(len(buffer))
+    size += -size % fastpath._ALIGN  # O_DIRECT lengths: whole pages (at most 4 KiB more)
+    os.sync()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(buffers)) as writers:
+        for number in range(n):
+            path = folder / "incoming" / f"{number}.dcm"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
+            try:
+                writes = [None] * len(buffers)
+                for index, offset in enumerate(range(0, size, fastpath._CHUNK)):
+                    slot = index % len(buffers)
+                    if writes[slot] is not None:
+                        writes[slot].result()
+                    part = buffers[slot][:min(fastpath._CHUNK, size - offset)]
+                    writes[slot] = writers.submit(os.pwrite, fd, part, offset)
+                for write in writes:
+                    if write is not None:
+                        write.result()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            target = folder / "instances" / path.name
+            os.replace(path, target)
+            fsync_dir(target.parent)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(folder)
+    return seconds
+
+
 # ---------------------------------------------------------------- A. throughput
 
 def make_images(folder: Path, n: int) -> list[Path]:
@@ -321,7 +367,7 @@ def throughput(args, work: Path) -> dict:
     print(f"\n== A. receive throughput: {len(files)} images of {ROWS}x{COLS} 16-bit, "
           f"{total / 1e6:.0f} MB ({total / len(files) / 1e6:.1f} MB each), generated in "
           f"{time.perf_counter() - start:.1f} s; storescu PDU {PDU} both ways", flush=True)
-    results = {"storescp": [], "storescp+sync": [], "calcnode": [], "rss": [], "cpu": {}}
+    results = {"storescp": [], "storescp+sync": [], "calcnode": [], "disk": [], "rss": [], "cpu": {}}
     for repeat in range(1, args.repeats + 1):
         run = storescp_run(files, work)
         results["storescp"].append(run["seconds"])
@@ -339,6 +385,10 @@ def throughput(args, work: Path) -> dict:
               f"peak RSS {run['rss_mb']:.0f} MB (+{run['rss_children_mb']:.0f} MB children), "
               f"CPU {run['cpu_s']:.1f} s while sending; {cpu_text(run, len(files))}; SIGTERM: exit "
               f"status {run['status']} in {run['stop_s']:.1f} s", flush=True)
+        seconds = disk_run(len(files), total // len(files), work)
+        results["disk"].append(seconds)
+        print(f"  [{repeat}] disk alone   {rates(seconds, len(files), total)}  the spool's writes of "
+              f"as many files, no network", flush=True)
     shutil.rmtree(data)
     return dict(n=len(files), bytes=total, **results)
 
@@ -374,6 +424,11 @@ def throughput_lines(res: dict) -> list[str]:
                 f"images/s, calcnode / it {min(synced) / stats['calcnode'][0]:.2f} | median "
                 f"{n / statistics.median(synced):.2f} images/s, calcnode / it "
                 f"{statistics.median(synced) / stats['calcnode'][1]:.2f} |")
+    disk = res["disk"]
+    rows.append(f"| disk alone: the spool's writes of as many files, no network (what the disk allows) | "
+                f"best {n / min(disk):.2f} images/s, calcnode / it {min(disk) / stats['calcnode'][0]:.2f} | "
+                f"median {n / statistics.median(disk):.2f} images/s, calcnode / it "
+                f"{statistics.median(disk) / stats['calcnode'][1]:.2f} |")
     for name, runs in res["cpu"].items():
         sender, rest, share = (statistics.median(v) for v in zip(*runs))
         rows.append(f"| CPU per image while receiving: storescu / everything else (the {name} side, "
