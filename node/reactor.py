@@ -16,8 +16,8 @@ socket has data. Otherwise the DUL's ends after the same millisecond, and the as
 after 10 ms: everything it acts on (a message, the peer's release or abort) comes through the
 queues that wake it, and the rest it checks (its kill flag, the DUL's end, the network timeout)
 can wait that long, as pynetdicom's own ``kill`` polls every 10 ms; waking a thousand times a
-second cost 3.3 ms of CPU per image (docs/benchmarks.md, session 9). Other threads (our own requestor
-associations too) and longer sleeps sleep as before.
+second cost 3.3 ms of CPU per image (docs/benchmarks.md, session 9). Other threads (our own
+requestor associations too) and longer sleeps sleep as before.
 
 The C-STORE response: pynetdicom builds a pydicom data set from the response primitive and
 encodes it, about 1 ms of Python per image. ``send_msg`` writes the same bytes directly (the
