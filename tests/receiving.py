@@ -1,5 +1,6 @@
 """An in-process receiver on loopback and the files sent to it, for the tests of the receive path
-(tests/test_fastpath.py, tests/test_reactor.py)."""
+(tests/test_fastpath.py, tests/test_reactor.py), and an association driven by hand (also
+tests/test_node_survives.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import pydicom
 import pynetdicom
 import pytest
-from pynetdicom import association, dimse, dimse_messages, dul
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, association, dimse, dimse_messages, dul
 from pynetdicom.dsutils import split_dataset
 
 from node.config import parse_config
@@ -19,7 +21,9 @@ from node.receiver import Receiver
 from node.spool import Spool
 from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
 from nodeproc import node_config
-from peers import storescu
+from peers import storescu, wait_for
+
+MG = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
 
 
 def image(folder: Path, name: str, rows: int, cols: int, seed: int, private_bytes: int = 0) -> Path:
@@ -89,3 +93,20 @@ def send_and_check(port: int, spool: Spool, files: list[Path], max_send_pdu: int
     for path in files:
         assert dataset_bytes(kept(spool, path)) == dataset_bytes(path), path.name
     assert not list(spool.incoming.iterdir())
+
+
+def hand_driven(port: int, calling: str, timeout_s: float = 20):
+    """A pynetdicom association to CALCNODE on ``port`` (MG, explicit VR little endian) whose DUL
+    has stopped reading: its socket is the test's, to send what a scenario wants. Retried while
+    a slot may still be held by an association winding down."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(MG, [ExplicitVRLittleEndian])
+
+    def associated():
+        assoc = ae.associate("127.0.0.1", port, ae_title="CALCNODE")
+        return assoc if assoc.is_established else None
+
+    assoc = wait_for(associated, timeout_s, f"an association for {calling}", interval_s=0.2)
+    assoc.dul._kill_thread = True  # pynetdicom stops reading: the socket is the test's
+    assoc.dul.join(timeout=5)
+    return assoc

@@ -23,8 +23,6 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
@@ -32,9 +30,10 @@ from pynetdicom.dsutils import decode
 from node import fastpath, received
 from node.received import CANNOT_UNDERSTAND
 from peers import STORESCU, require, wait_for
-from receiving import dataset_bytes, image, kept, receiver, running_receiver, send_and_check  # noqa: F401
+from receiving import (  # noqa: F401
+    MG, dataset_bytes, hand_driven, image, kept, receiver, running_receiver, send_and_check,
+)
 
-MG = "1.2.840.10008.5.1.4.1.1.1.2"
 _LAST = 0x02  # message control header: last fragment (PS3.8 E.2)
 
 
@@ -123,13 +122,8 @@ class HandSender:
     """An association made by pynetdicom whose socket the test then drives by hand."""
 
     def __init__(self, port: int):
-        ae = AE(ae_title="HANDMADE")
-        ae.add_requested_context(MG, [ExplicitVRLittleEndian])
-        assoc = ae.associate("127.0.0.1", port, ae_title="CALCNODE")
-        assert assoc.is_established
+        assoc = hand_driven(port, "HANDMADE")
         self.sock = assoc.dul.socket.socket
-        assoc.dul._kill_thread = True  # pynetdicom stops reading: the socket is the test's
-        assoc.dul.join(timeout=5)
         self.context_id = assoc.accepted_contexts[0].context_id
 
     def send_command(self, path: Path, message_id: int) -> bytes:

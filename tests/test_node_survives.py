@@ -46,6 +46,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from node.testing.study import write_study
 from nodeproc import NodeProcess, RecordingSink, ThrottledProxy, node_config, sink, store_responses
+from receiving import hand_driven
 from peers import ECHOSCU, STORESCU, echoscu, free_port, require, storescu, wait_for
 
 pytestmark = pytest.mark.slow
@@ -293,17 +294,8 @@ class RawSender:
     real C-STORE request and as much of its data set as a scenario wants, then misbehaves."""
 
     def __init__(self, port: int, calling: str):
-        ae = AE(ae_title=calling)
-        ae.add_requested_context(MG, [ExplicitVRLittleEndian])
-
-        def associated():  # a slot may still be held by an association that is winding down
-            assoc = ae.associate("127.0.0.1", port, ae_title="CALCNODE")
-            return assoc if assoc.is_established else None
-
-        self.assoc = wait_for(associated, 20, f"an association for {calling}", interval_s=0.2)
+        self.assoc = hand_driven(port, calling)
         self.sock = self.assoc.dul.socket.socket
-        self.assoc.dul._kill_thread = True  # pynetdicom stops reading: the socket is ours
-        self.assoc.dul.join(timeout=5)
 
     def store_pdus(self, path: Path) -> list[bytes]:
         """The encoded P-DATA-TF PDUs of a C-STORE of ``path``: command first, then data set."""
