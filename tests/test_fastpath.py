@@ -228,11 +228,13 @@ def test_a_data_set_cut_by_another_pdu_leaves_nothing_behind(receiver, tmp_path,
         for at in range(0, 400_000, 100_000):
             sender.send((0, data[at:at + 100_000]))
         last = p_data(sender.context_id, (0, data[400_000:500_000]))
-        if glued:
-            sender.sock.sendall(last + cut)
+        if glued:  # the fragment's last byte and the PDU in one segment, the fast path mid-PDU
+            sender.sock.sendall(last[:-1])
+            time.sleep(0.05)
+            sender.sock.sendall(last[-1:] + cut)
         else:
             sender.sock.sendall(last)
-            time.sleep(20 * fastpath._WAIT_FOR_MORE_S)
+            time.sleep(50 * fastpath._WAIT_FOR_MORE_S)
             sender.sock.sendall(cut)
         assert sender.read_pdu()[0] == answer
     finally:
@@ -257,7 +259,10 @@ def test_a_short_pdu_read_ahead_with_the_start_of_the_next_hands_over_both(recei
         data = sender.send_command(image(tmp_path, "cut", 1200, 900, 108), message_id=1)
         for at in range(0, 400_000, 100_000):
             sender.send((0, data[at:at + 100_000]))
-        sender.sock.sendall(p_data(sender.context_id, (0, data[400_000:500_000])) + A_RELEASE_RQ + A_ABORT)
+        last = p_data(sender.context_id, (0, data[400_000:500_000]))
+        sender.sock.sendall(last[:-1])
+        time.sleep(0.05)  # the fast path waits mid-PDU, then reads the last byte and 12 more at once
+        sender.sock.sendall(last[-1:] + A_RELEASE_RQ + A_ABORT)
         sender.sock.settimeout(10)
         while sender.sock.recv(1, socket.MSG_PEEK):  # until the node closes the connection
             pdus.append(sender.read_pdu()[0])
