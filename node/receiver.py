@@ -201,6 +201,13 @@ def _opened(event, spool: Spool, clock) -> None:
 
 
 def _closed(event, spool: Spool, clock, notify, outcome: str) -> None:
+    if outcome == CONNECTION_CLOSED and _awaiting_request(event.assoc):
+        # A connection closed before its A-ASSOCIATE-RQ (a port probe, a TCP health check):
+        # pynetdicom would wait for the request for the whole ACSE timeout, holding one of the
+        # max_associations slots (refusing senders when probes come often) and making a
+        # stopping node wait. The wait returns what it returns when it times out: nothing.
+        event.assoc.dul.to_user_queue.put(None)
+        return
     if outcome != "released":
         _drop_partial(event.assoc)
     if hasattr(event.assoc, "calcnode_id"):
@@ -208,6 +215,21 @@ def _closed(event, spool: Spool, clock, notify, outcome: str) -> None:
         if outcome != CONNECTION_CLOSED:
             log.info("association %s %s", event.assoc.calcnode_id, outcome)
         notify()
+
+
+def _awaiting_request(assoc) -> bool:
+    """An accepted connection whose A-ASSOCIATE-RQ has not been taken yet (state Sta2)."""
+    return (assoc.is_acceptor and assoc.requestor.primitive is None and not assoc.is_established
+            and not assoc.is_rejected and not assoc.is_aborted and not assoc.is_released)
+
+
+def _hang_up(assoc) -> None:
+    """Close a connection that never asked for an association, as if its peer had: pynetdicom
+    then ends it (an A-ABORT is not a thing that state can send)."""
+    try:
+        assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+    except (AttributeError, OSError):
+        pass
 
 
 def _drop_partial(assoc) -> None:
@@ -314,12 +336,18 @@ class Receiver:
             return 0
         server, self.server = self.server, None
         server.shutdown()
+        for assoc in server.active_associations:
+            if _awaiting_request(assoc):  # nothing in flight: no grace
+                _hang_up(assoc)
         deadline = clock() + self.config.listen.shutdown_grace_s
         while server.active_associations and clock() < deadline:
             time.sleep(0.05)
         leftover = server.active_associations
         for assoc in leftover:
-            assoc.abort()
+            if _awaiting_request(assoc):
+                _hang_up(assoc)
+            else:
+                assoc.abort()
         for assoc in leftover:
             assoc.join(timeout=5)
         return len(leftover)

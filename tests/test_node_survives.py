@@ -8,7 +8,8 @@
 - the disk below ``storage.min_free_mb`` and then above it again: Out of Resources, nothing
   kept, then Success with no restart and no command;
 - senders that abort mid data set, close mid P-DATA PDU or stall: their slots come back within
-  the timeouts and well-behaved senders are served meanwhile and after;
+  the timeouts and well-behaved senders are served meanwhile and after; connections that never
+  ask for an association (port probes) hold no slot, nor hold up a stopping node;
 - a spool damaged between runs: an instance file deleted or truncated (that study fails with
   the reason, the others are analysed), the state database truncated, overwritten or deleted
   (moved aside, rebuilt from the instance files' headers, every study analysed again).
@@ -424,6 +425,44 @@ def test_a_transfer_cut_short_leaves_no_partial_file_behind(tmp_path, start_node
     assert echoscu(node.ae_title, node.port).returncode == 0  # the node is up and past the abort
     assert node.query("SELECT * FROM instances") == []
     assert not list((node.spool / "incoming").iterdir()), "a partial data set was left behind"
+
+
+def test_connections_that_never_ask_for_an_association_hold_no_slot(tmp_path, start_node):
+    """Port probes and TCP health checks connect and close without an A-ASSOCIATE-RQ (some send
+    a byte first). pynetdicom waits for the request for the whole ACSE timeout: each held one of
+    the two slots for a minute, refusing senders, and a stopping node waited its grace period
+    for them. Now their slots are free at once, and a connection still waiting for its request
+    when the node stops is closed without waiting."""
+    config = node_config(tmp_path, listen={"max_associations": 2, "acse_timeout_s": 60,
+                                           "shutdown_grace_s": 30})
+    node = start_node(config)
+    for payload in (b"", b"\n", b"", b"GET / HTTP/1.0\r\n"):
+        with socket.create_connection(("127.0.0.1", node.port)) as probe:
+            probe.sendall(payload)
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(MG, [ExplicitVRLittleEndian])
+
+    def two_at_once():
+        assocs = [ae.associate("127.0.0.1", node.port, ae_title="CALCNODE") for _ in range(2)]
+        established = [assoc.is_established for assoc in assocs]
+        for assoc in assocs:
+            if assoc.is_established:
+                assoc.release()
+        return all(established)
+
+    wait_for(two_at_once, 5, "both slots free after the probes", interval_s=0.2)
+    held = socket.create_connection(("127.0.0.1", node.port))
+    try:
+        time.sleep(0.5)  # accepted, waiting for its request
+        start = time.monotonic()
+        assert node.stop(signal.SIGTERM, timeout_s=25) == 0, node.log_tail()
+        assert time.monotonic() - start < 10, "the node waited for a connection that asked for nothing"
+        held.settimeout(5)
+        assert held.recv(1) == b""  # closed by the node
+    finally:
+        held.close()
+    log = node.log_text()
+    assert "aborted" not in log and "Traceback" not in log, node.log_tail()
 
 
 # -- 6. the spool damaged between runs ----------------------------------------------------------
