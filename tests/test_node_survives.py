@@ -47,8 +47,8 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from node.testing.study import write_study
 from nodeproc import NodeProcess, RecordingSink, ThrottledProxy, node_config, sink, store_responses
-from receiving import hand_driven
 from peers import ECHOSCU, STORESCU, echoscu, free_port, require, storescu, wait_for
+from receiving import hand_driven
 
 pytestmark = pytest.mark.slow
 
