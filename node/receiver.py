@@ -11,6 +11,10 @@ temp file in the spool's ``incoming/`` folder as it arrives; the handler reads t
 moves the file into the spool (durable, see spool.py) and answers Success only then. The
 data set fragments in between reach that file by fastpath.py, and reactor.py shortens
 pynetdicom's own work around each C-STORE (its polling, the response, the file's meta).
+
+A connection that never asks for an association is ended as soon as it closes (``_closed``),
+and at once when the node stops: the private names a pynetdicom upgrade must re-check are
+``assoc.requestor.primitive`` and ``dul.to_user_queue``.
 """
 
 from __future__ import annotations
