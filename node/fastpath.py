@@ -9,8 +9,9 @@ data set is being written to its file and nothing else is queued - the fragment 
 straight to that file, exactly as pynetdicom's own decoder would (state Sta6 stays Sta6 for
 P-DATA). After the data set's last fragment, pynetdicom is handed an empty last fragment in
 its place, which completes the message as the real one would have. Every other PDU, and any
-TLS connection (no MSG_PEEK there), takes pynetdicom's path unchanged; one whose header the
-fast path read ahead is completed and handed to pynetdicom, decoded by its own ``_decode_pdu``.
+TLS connection (its bytes must go through the TLS layer), takes pynetdicom's path unchanged;
+one whose header the fast path has read is completed and handed to pynetdicom, decoded by its
+own ``_decode_pdu``.
 
 The fragments go from the socket into page-aligned buffers, and from there to the file with
 O_DIRECT, by a writer thread while the next buffer fills. Through the page cache, ext4 spent
@@ -32,7 +33,6 @@ import errno
 import mmap
 import os
 import select
-import socket
 import ssl
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -73,27 +73,32 @@ def _read_pdu_fast(provider) -> None:
 
     While such fragments keep arriving (the peer is mid data set), they are read here in a loop:
     returning to pynetdicom's reactor with no event queued would make it sleep 1 ms per PDU.
-    Each read takes the rest of a fragment and the next PDU's header together, so a PDU costs
-    one system call, not the three of a peek, a header read and a data read (plus the poll
-    Python makes before each read on a socket with a timeout). A header read ahead that does not
-    start another lone data set fragment is completed and queued for pynetdicom as its own read
-    would have (``_hand_over``). Every byte read is in the file, and the file positioned after
-    it, before this returns.
+    Each read takes the rest of a fragment and the next PDU's header together, so a PDU whose
+    bytes have arrived costs one system call, not the three of a peek, a header read and a data
+    read (plus the poll Python makes before each read on a socket with a timeout). A header read
+    that does not start a lone data set fragment is completed and queued for pynetdicom as its
+    own read would have (``_hand_over``). Every byte read is in the file, and the file
+    positioned after it, before this returns.
     """
     target = _fragment_file(provider)
     sock = provider.socket.socket if target is not None else None
-    if sock is None or _fragment_length(sock) is None:
+    if sock is None:
         return _read_pdu_data(provider)
     fd, timeout = sock.fileno(), sock.gettimeout()
+    first = memoryview(bytearray(_HEADER_BYTES))
+    got = _next_header(fd, timeout, first, 0)
+    if got is None:
+        provider.event_queue.put("Evt17")  # transport closed mid-PDU
+        return
+    if got < _HEADER_BYTES or _fragment_size(first) is None:
+        return _hand_over(provider, fd, timeout, bytes(first[:got]))
     run = _Run(provider, target)
     head = memoryview(run.header)
+    head[:] = first
     ahead = b""  # the start of a PDU read ahead that pynetdicom is to have
     try:
         # Nothing else runs on this thread meanwhile, so the checks of _fragment_file still
         # hold, until a PDU read is not a lone data set fragment (pynetdicom takes that one).
-        if not _read_exactly(fd, head, timeout):
-            provider.event_queue.put("Evt17")  # transport closed mid-PDU
-            return
         while not provider._kill_thread:  # killed: the association is going, unread bytes too
             got = run.receive(fd, timeout)
             if got is None:
@@ -168,16 +173,6 @@ def _hand_over(provider, fd: int, timeout: float | None, ahead: bytes) -> None:
             return
         provider.event_queue.put(event)
         provider._recv_pdu.put(pdu)
-
-
-def _fragment_length(sock) -> int | None:
-    """The fragment length of the next PDU if it is a lone data set fragment, else None; the
-    PDU's header is peeked, not consumed."""
-    try:
-        head = sock.recv(_HEADER_BYTES, socket.MSG_PEEK)
-    except (OSError, ValueError):
-        return None
-    return _fragment_size(head) if len(head) == _HEADER_BYTES else None
 
 
 def _fragment_size(head) -> int | None:

@@ -348,9 +348,7 @@ class Receiver:
             time.sleep(0.05)
         leftover = server.active_associations
         for assoc in leftover:
-            if _awaiting_request(assoc):
-                _hang_up(assoc)
-            else:
+            if not _awaiting_request(assoc):  # those were hung up above
                 assoc.abort()
         for assoc in leftover:
             assoc.join(timeout=5)
