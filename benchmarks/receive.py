@@ -20,10 +20,11 @@ B. Latency. A four-view full-field study (seed 424242, 424243, ...) is sent in o
    file once each object is completely written, and ``+xa`` to accept compressed outputs.
 
 DCMTK tools are called by absolute path under /usr/bin (the venv has pynetdicom scripts of the
-same names). Everything runs on 127.0.0.1, in a temporary directory removed at the end.
+same names). Everything runs on 127.0.0.1, in a temporary directory removed at the end (under
+``--dir`` when given: the disk whose speed both receivers then write at).
 
 Usage: .venv/bin/python benchmarks/receive.py [--images 40] [--repeats 2] [--latency-runs 2]
-                                              [--only throughput|latency|all]
+                                              [--only throughput|latency|all] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -587,6 +588,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="throughput runs per receiver")
     parser.add_argument("--latency-runs", type=int, default=2, help="four-view studies for latency")
     parser.add_argument("--only", choices=("throughput", "latency", "all"), default="all")
+    parser.add_argument("--dir", default=None,
+                        help="where the images, both receivers' files and the spool go (default: "
+                             "the system's temporary folder): e.g. a disk to measure")
     args = parser.parse_args(argv)
     if min(args.images, args.repeats, args.latency_runs) < 1:
         parser.error("--images, --repeats and --latency-runs must be at least 1")
@@ -594,7 +598,7 @@ def main(argv=None) -> int:
     print(machine(), flush=True)
     summary = []
     try:
-        with tempfile.TemporaryDirectory(prefix="calcnode-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="calcnode-bench-", dir=args.dir) as tmp:
             if args.only in ("throughput", "all"):
                 work = Path(tmp, "throughput")
                 work.mkdir()
