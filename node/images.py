@@ -27,7 +27,12 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
-    UID, JPEG2000, JPEG2000Lossless, JPEGLSLossless, JPEGLSNearLossless, RLELossless,
+    UID, JPEG2000, BreastProjectionXRayImageStorageForPresentation,
+    BreastProjectionXRayImageStorageForProcessing, BreastTomosynthesisImageStorage,
+    ComputedRadiographyImageStorage, DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing, JPEG2000Lossless, JPEGLSLossless, JPEGLSNearLossless,
+    RLELossless,
 )
 
 from node.config import ImagesConfig
@@ -37,18 +42,15 @@ from node.pixels import FOR_PROCESSING_CLASSES, empty_rescale, is_for_processing
 
 log = logging.getLogger(__name__)
 
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 MULTIFRAME_BREAST = {
-    "1.2.840.10008.5.1.4.1.1.13.1.3": "Breast Tomosynthesis",
-    "1.2.840.10008.5.1.4.1.1.13.1.4": "Breast Projection (For Presentation)",
-    "1.2.840.10008.5.1.4.1.1.13.1.5": "Breast Projection (For Processing)",
+    BreastTomosynthesisImageStorage: "Breast Tomosynthesis",
+    BreastProjectionXRayImageStorageForPresentation: "Breast Projection (For Presentation)",
+    BreastProjectionXRayImageStorageForProcessing: "Breast Projection (For Processing)",
 }
-MAMMOGRAPHY_CLASSES = {MG_FOR_PRESENTATION, MG_FOR_PROCESSING}
-GENERAL_XRAY_CLASSES = {DX_FOR_PRESENTATION, DX_FOR_PROCESSING, CR_IMAGE}
+MAMMOGRAPHY_CLASSES = {DigitalMammographyXRayImageStorageForPresentation,
+                       DigitalMammographyXRayImageStorageForProcessing}
+GENERAL_XRAY_CLASSES = {DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing,
+                        ComputedRadiographyImageStorage}
 # The fastest decoder per transfer syntax: median CPU time on one core to decode a 3328 x 4096
 # 12-bit phantom (docs/benchmarks.md, "Decoding"). JPEG-LS: pyjpegls 0.34 s, pylibjpeg 1.2 s.
 # JPEG 2000: pylibjpeg 1.65 s, pillow 1.66 s (a tie; pydicom's pillow plugin copies the image

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from pydicom.uid import MammographyCADSRStorage
+
 from node.errors import SpoolError
 from node.model import (
     AnalysisOutcome, AnalysisTask, InstanceRecord, Role, SourceRef, StudyProgress, StudyState,
@@ -35,7 +37,6 @@ from node.model import (
 from node.reporting.uids import is_valid_uid
 
 DB_NAME = "state.sqlite3"
-MAMMOGRAPHY_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"
 CONNECTION_CLOSED = "connection closed"  # an association's outcome when its transport closed
 
 SCHEMA = """
@@ -322,7 +323,7 @@ class Spool:
                 (study_uid, Role.IMAGE.value)))
         previous = None
         if study["sr_uid"]:
-            previous = SourceRef(MAMMOGRAPHY_CAD_SR, study["sr_uid"], study["sr_series_uid"], study_uid)
+            previous = SourceRef(MammographyCADSRStorage, study["sr_uid"], study["sr_series_uid"], study_uid)
         return AnalysisTask(study_uid, study["generation"], paths, study["calling_ae"], previous)
 
     def output_folder(self, study_uid: str) -> Path:

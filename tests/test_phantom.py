@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
+from pydicom.uid import (
+    DigitalMammographyXRayImageStorageForProcessing, ExplicitVRLittleEndian, JPEG2000Lossless,
+    JPEGLSLossless,
+)
 from scipy import ndimage
 
-from node.testing.dicomfactory import MG_FOR_PROCESSING
 from node.testing.phantom import (
     CLUSTER_KINDS, DISTRACTOR_KINDS, PhantomSpec, make_phantom, random_spec,
 )
@@ -139,7 +141,7 @@ def test_for_processing_file_is_linear_14_bit(tmp_path):
     output = write_study(tmp_path, 6, for_processing=True, transfer_syntax=ExplicitVRLittleEndian)
     path, phantom = output.views["RCC"]
     ds = pydicom.dcmread(path)
-    assert ds.SOPClassUID == MG_FOR_PROCESSING
+    assert ds.SOPClassUID == DigitalMammographyXRayImageStorageForProcessing
     assert ds.PresentationIntentType == "FOR PROCESSING"
     assert ds.BitsStored == 14 and ds.PixelIntensityRelationship == "LIN"
     assert np.array_equal(ds.pixel_array, phantom.processing)

@@ -31,6 +31,8 @@ from node.model import Distribution, Morphology
 VASCULAR_MIN_EXTENT_MM = 12.0
 # A member "stands clearly out of the noise" at this contrast-to-noise (the certainty counts them:
 # a group of one clear speck and two noise specks is a lone, often scattered, calcification).
+# Fixed here, not read from ``params.strong_cnr`` (same value, the linking threshold): the
+# certainty weights (weights.py) were fitted with this feature; tuning the linking must not move it.
 CLEAR_CNR = 6.0
 # Three specks of which two are at noise level are one speck (often a lone scattered
 # calcification) and two noise specks: on the tuning seeds 1000-1479 and 2000-2159 this held back

@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.coding import Code
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, MammographyCADSRStorage
 from pydicom.valuerep import DSfloat
 
 from node.errors import ReportError
@@ -26,7 +26,6 @@ from node.reporting.common import (
 )
 from node.reporting.uids import derive_uid
 
-MAMMOGRAPHY_CAD_SR = "1.2.840.10008.5.1.4.1.1.88.50"
 SERIES_NUMBER = 900
 LIBRARY_PATH = (1, 2)
 ACQ, PROP = "HAS ACQ CONTEXT", "HAS PROPERTIES"
@@ -372,7 +371,7 @@ def build_cad_sr(sources: Mapping[str, Dataset], findings: StudyFindings, equipm
     uids = [str(src.SOPInstanceUID) for src in images]
     ds = Dataset()
     copy_identity(ds, first)
-    ds.SOPClassUID = MAMMOGRAPHY_CAD_SR
+    ds.SOPClassUID = MammographyCADSRStorage
     ds.SOPInstanceUID = derive_uid("sr", uids, equipment)
     ds.InstanceCreationDate, ds.InstanceCreationTime = dicom_date(now), dicom_time(now)
     ds.Modality = "SR"

@@ -21,10 +21,9 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
 )
-
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
 
 # Test UIDs live under a root of their own so they never look like product output.
 TEST_UID_ROOT = "2.25."
@@ -130,7 +129,8 @@ def make_mammo_dataset(
         raise ValueError("stored must be a 2-D uint16 array")
     chest_wall = chest_wall or ("right" if laterality == "R" else "left")
     rows, cols = stored.shape
-    sop_class = MG_FOR_PROCESSING if for_processing else MG_FOR_PRESENTATION
+    sop_class = (DigitalMammographyXRayImageStorageForProcessing if for_processing
+                 else DigitalMammographyXRayImageStorageForPresentation)
     ds = Dataset()
     ds.SpecificCharacterSet = identity.character_set
     ds.SOPClassUID = sop_class
