@@ -20,10 +20,18 @@ reservation per 4 KiB, then the writeback and freeing of each page), on the same
 reads the socket, while the peer waits: see docs/benchmarks.md. Where O_DIRECT is not available
 (a filesystem may refuse it) the same buffers are written through the page cache.
 
+A write that fails (a full disk) must not end the association: pynetdicom's reader thread
+dies on it, the A-ABORT leaves the file behind, and every later object of the association is
+lost to the sender. The file pynetdicom writes to is made here (``_data_set_file``), unbuffered,
+and neither its writes nor the fast path's raise: the first failure is kept on the file, the
+rest of the data set is read and dropped, and the C-STORE handler answers with a status
+(``write_error``).
+
 ``install`` puts it in place of ``DULServiceProvider._read_pdu_data`` (pynetdicom 3.0); it falls
 back to the original for every PDU it does not handle. A pynetdicom upgrade must re-check the
 private names read here (``_recv_pdu``, ``_decode_pdu``, ``dimse.message._data_set_file``,
-``state_machine.current_state``); the tests comparing received with sent bytes guard it.
+``state_machine.current_state``, the C-STORE request's ``_dataset_file``, ``dimse_messages``'
+imported ``NamedTemporaryFile``); the tests comparing received with sent bytes guard it.
 """
 
 from __future__ import annotations
@@ -36,9 +44,10 @@ import select
 import ssl
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from tempfile import NamedTemporaryFile
 from typing import Callable
 
-from pynetdicom import dul, evt
+from pynetdicom import dimse_messages, dul, evt
 
 _HEADER_BYTES = 12  # PDU type, reserved, PDU length; PDV item length, context ID, control header
 _P_DATA_TF = 0x04
@@ -222,7 +231,7 @@ class _Run:
                 part = bytearray(min(self.head, length))
                 if not _read_exactly(fd, memoryview(part), timeout):
                     return None
-                _pwrite(self.target.fileno(), memoryview(part), self.offset - self.head)
+                self._write_cached(memoryview(part), self.offset - self.head)
                 self.head -= len(part)
                 length -= len(part)
                 continue
@@ -243,9 +252,12 @@ class _Run:
 
     def _submit(self, size: int) -> None:
         """Write the first ``size`` bytes of the current buffer (a multiple of _ALIGN, but for
-        the page cache) from a writer thread, and move on to the next buffer."""
+        the page cache) from a writer thread, and move on to the next buffer. After a failed
+        write, the bytes are dropped."""
         view, offset = self.buffers[self.index][:size], self.offset
-        if self.direct is None:
+        if _error_of(self.target) is not None:
+            write = None
+        elif self.direct is None:
             write = _writers.submit(_pwrite, self.target.fileno(), view, offset)
         else:
             write = _writers.submit(_pwrite_direct, self.direct, self.target.fileno(), view, offset)
@@ -253,17 +265,30 @@ class _Run:
         self.offset += size
         self.fill -= size
         self.index = (self.index + 1) % _BUFFERS
-        if self.announce:  # the file's first ``settled`` bytes are final once this write is done
+        if self.announce and write is not None:  # the first ``settled`` bytes are final once written
             self.announce, self.target.calcnode_announced = False, True
             name, settled = self.target.name, self.offset
             write.add_done_callback(lambda done: done.exception() is None and _started(name, settled))
 
     def _wait(self, index: int) -> None:
-        """Wait for the write from buffer ``index``; raise what it raised, as the target's own
-        write would have."""
+        """Wait for the write from buffer ``index``; a failure is kept on the file."""
         write, self.writes[index] = self.writes[index], None
         if write is not None:
+            self._kept(write)
+
+    def _write_cached(self, view: memoryview, offset: int) -> None:
+        """Write through the page cache (the partial pages at a run's ends), unless a write failed."""
+        if _error_of(self.target) is None:
+            try:
+                _pwrite(self.target.fileno(), view, offset)
+            except OSError as exc:
+                _failed(self.target, exc)
+
+    def _kept(self, write: Future) -> None:
+        try:
             write.result()
+        except OSError as exc:
+            _failed(self.target, exc)
 
     def close(self) -> None:
         """Write what is buffered, wait for every write, and leave the file positioned after it."""
@@ -275,7 +300,7 @@ class _Run:
                 self._submit(aligned)
             if rest > aligned:  # the last partial page, through the page cache
                 tail = self.buffers[self.index - 1 if aligned else self.index]
-                _pwrite(self.target.fileno(), tail[aligned:rest], self.offset)
+                self._write_cached(tail[aligned:rest], self.offset)
                 self.offset += rest - aligned
         finally:
             done = [write for write in self.writes if write is not None]
@@ -284,7 +309,7 @@ class _Run:
                 os.close(self.direct)
             self.target.seek(self.offset)
         for write in done:
-            write.result()
+            self._kept(write)
 
 
 def _buffers() -> list[memoryview]:
@@ -365,6 +390,43 @@ def _pwrite_direct(direct: int, cached: int, view: memoryview, offset: int) -> N
         _pwrite(cached, view, offset)
 
 
+def _data_set_file(*args, **kwargs):
+    """pynetdicom's chunked-receive file (its ``NamedTemporaryFile``), unbuffered (each write
+    reaches the file, so a failure shows in the write), whose ``write`` does not raise: the
+    first failure is kept (``_error_of``) and every later write dropped."""
+    target = NamedTemporaryFile(*args, **{**kwargs, "buffering": 0})
+    target.calcnode_write_error = None
+    raw = target.file
+
+    def write(data) -> int:
+        if target.calcnode_write_error is None:
+            view = memoryview(data).cast("B")
+            try:
+                while view:  # an unbuffered write may take part of it
+                    view = view[raw.write(view):]
+            except OSError as exc:
+                _failed(target, exc)
+        return len(data)
+
+    target.write = write
+    return target
+
+
+def _failed(target, exc: OSError) -> None:
+    if _error_of(target) is None:
+        target.calcnode_write_error = exc
+
+
+def _error_of(target) -> OSError | None:
+    """The first write to a data set file that failed, or None."""
+    return getattr(target, "calcnode_write_error", None)
+
+
+def write_error(request) -> OSError | None:
+    """The first write that failed to a C-STORE request's data set file, or None."""
+    return _error_of(getattr(request, "_dataset_file", None))
+
+
 def install(started: Callable[[str, int], None] | None = None) -> None:
     """Put the fast path in place. ``started(path, size)`` is called once per data set file that
     takes the fast path, when its first ``size`` bytes (a few MiB) are final; on a writer
@@ -372,3 +434,4 @@ def install(started: Callable[[str, int], None] | None = None) -> None:
     global _started
     _started = started
     dul.DULServiceProvider._read_pdu_data = _read_pdu_fast
+    dimse_messages.NamedTemporaryFile = _data_set_file

@@ -10,7 +10,9 @@ Received datasets are never decoded here. pynetdicom's chunked receive writes ea
 temp file in the spool's ``incoming/`` folder as it arrives; the handler reads the header only,
 moves the file into the spool (durable, see spool.py) and answers Success only then. The
 data set fragments in between reach that file by fastpath.py, and reactor.py shortens
-pynetdicom's own work around each C-STORE (its polling, the response, the file's meta).
+pynetdicom's own work around each C-STORE (its polling, the response, the file's meta). A write
+to that file that fails as the data set arrives (a full disk) is answered with a status (Out of
+Resources for a full disk or quota), the file removed, and the association goes on.
 
 A connection that never asks for an association is ended as soon as it closes (``_closed``),
 and at once when the node stops: the private names a pynetdicom upgrade must re-check are
@@ -260,8 +262,12 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int | Da
     assoc = event.assoc
     path = Path(event.dataset_path)
     try:
+        early = EARLY_HEADERS.take(path)
+        failed = fastpath.write_error(event.request)
+        if failed is not None:  # the data set could not be written as it arrived (disk full)
+            raise failed
         header = read_header(path, str(event.request.AffectedSOPClassUID),
-                             str(event.request.AffectedSOPInstanceUID), EARLY_HEADERS.take(path))
+                             str(event.request.AffectedSOPInstanceUID), early)
         size = path.stat().st_size
         if spool.free_mb() - size / 1e6 < config.storage.min_free_mb:
             raise Rejected(OUT_OF_RESOURCES, f"less than {config.storage.min_free_mb} MB free")

@@ -45,7 +45,8 @@ def restore_pynetdicom(monkeypatch) -> None:
     monkeypatch.setattr(dul.DULServiceProvider, "_read_pdu_data", dul.DULServiceProvider._read_pdu_data)
     monkeypatch.setattr(dimse.DIMSEServiceProvider, "send_msg", dimse.DIMSEServiceProvider.send_msg)
     for module, names in ((dul, ["time"]), (association, ["time"]),
-                          (dimse_messages, ["create_file_meta", "write_file_meta_info"])):
+                          (dimse_messages, ["create_file_meta", "write_file_meta_info",
+                                            "NamedTemporaryFile"])):
         for name in names:
             monkeypatch.setattr(module, name, getattr(module, name))
 

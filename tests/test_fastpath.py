@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +31,8 @@ from pynetdicom.dsutils import decode
 
 from node import fastpath, received
 from node.received import CANNOT_UNDERSTAND
-from peers import STORESCU, require, wait_for
+from nodeproc import store_responses
+from peers import STORESCU, require, storescu, wait_for
 from receiving import (  # noqa: F401
     MG, dataset_bytes, hand_driven, image, kept, receiver, running_receiver, send_and_check,
 )
@@ -336,6 +339,101 @@ def test_a_refused_direct_write_is_made_through_the_page_cache(tmp_path, monkeyp
         os.close(direct)
         os.close(cached)
     assert path.read_bytes() == bytes(4096) + b"abcd" * 1024
+
+
+# -- a write that fails while a data set arrives ----------------------------------------------
+
+class FullDisk:
+    """Writes to the second data set file of a test fail with ``error`` from its ``at``-th write
+    on ("first", "second", or "last": as many as the first file took), as on a disk that fills
+    then; the other files' writes succeed. ``count(path)`` is called for each write."""
+
+    def __init__(self, error: int, at: str):
+        self.error, self.at = error, at
+        self.writes: dict[str, int] = {}  # data set file -> writes so far, in order of first write
+        self.failed: list[str] = []
+        self._lock = threading.Lock()
+
+    def count(self, path: str) -> None:
+        with self._lock:
+            self.writes[path] = self.writes.get(path, 0) + 1
+            files = list(self.writes)
+            if files.index(path) != 1:
+                return
+            at = {"first": 1, "second": 2, "last": self.writes[files[0]]}[self.at]
+            if self.writes[path] < at:
+                return
+            self.failed.append(path)
+        raise OSError(self.error, os.strerror(self.error))
+
+
+class CountedFile(io.FileIO):
+    """The raw file under pynetdicom's data set file, each write counted by ``disk`` first."""
+
+    disk: FullDisk
+    path: str
+
+    def write(self, data):
+        self.disk.count(self.path)
+        return super().write(data)
+
+
+@pytest.mark.parametrize("path, at, error, answer", [
+    ("fast", "first", errno.ENOSPC, "0xa700: Refused: Out of resources"),  # the partial first page
+    ("fast", "second", errno.ENOSPC, "0xa700: Refused: Out of resources"),  # a 4 MiB buffer, O_DIRECT
+    ("fast", "last", errno.EDQUOT, "0xa700: Refused: Out of resources"),  # in close(): the last page
+    ("fast", "second", errno.EIO, "0x0110: Failure"),
+    ("pynetdicom", "first", errno.ENOSPC, "0xa700: Refused: Out of resources"),  # the preamble
+    ("pynetdicom", "last", errno.ENOSPC, "0xa700: Refused: Out of resources"),  # the last fragment
+])
+def test_a_write_failing_mid_data_set_is_answered_and_the_association_goes_on(
+        receiver, tmp_path, monkeypatch, caplog, path, at, error, answer):
+    """A disk that fills while a data set arrives: that C-STORE is answered with a status and
+    the Error Comment, its file removed, and the association goes on. pynetdicom's reader thread
+    died on the write's exception (the fast path's, or its own), aborting the association: the
+    later objects were lost to the sender and the partial file stayed in incoming/."""
+    require(STORESCU)
+    port, spool = receiver
+    files = [image(tmp_path, f"i{n}", 2000, 1700, 40 + n) for n in range(3)]  # 6.8 MB: 2 buffers
+    disk = FullDisk(error, at)
+    incoming = str(spool.incoming)
+    if path == "fast":
+        real = os.pwrite
+
+        def pwrite(fd, data, offset):
+            name = os.readlink(f"/proc/self/fd/{fd}")
+            if name.startswith(incoming):
+                disk.count(name)
+            return real(fd, data, offset)
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+    else:
+        monkeypatch.setattr(fastpath, "_fragment_file", lambda provider: None)  # pynetdicom's path
+        made = fastpath.NamedTemporaryFile
+
+        def counted(*args, **kwargs):
+            target = made(*args, **kwargs)
+            target.file = CountedFile(target.file.fileno(), "wb", closefd=False)
+            target.file.disk, target.file.path = disk, target.name
+            return target
+
+        monkeypatch.setattr(fastpath, "NamedTemporaryFile", counted)
+    caplog.set_level(logging.INFO, logger="node.receiver")
+
+    sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
+
+    assert disk.failed, disk.writes
+    assert store_responses(sent.stdout) == [
+        (str(files[0]), "0x0000: Success"), (str(files[1]), answer), (str(files[2]), "0x0000: Success"),
+    ], sent.stdout[-3000:]
+    assert "ErrorComment" in sent.stdout
+    for kept_file in (files[0], files[2]):
+        assert dataset_bytes(kept(spool, kept_file)) == dataset_bytes(kept_file)
+    assert not kept(spool, files[1]).exists()
+    assert len(spool.db().execute("SELECT * FROM instances").fetchall()) == 2
+    wait_for(lambda: not list(spool.incoming.iterdir()), 5, "the partial file removed")
+    refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert refused == [f"could not keep instance {uid_of(files[1])}: [Errno {error}] {os.strerror(error)}"]
 
 
 # -- the header read early, from a file's first bytes -------------------------------------------
