@@ -21,8 +21,10 @@ and at once when the node stops: the private names a pynetdicom upgrade must re-
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
+import sqlite3
 import ssl
 import time
 import uuid
@@ -278,7 +280,7 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int | Da
                     _request_uid(event), assoc.requestor.ae_title, exc.status, exc)
         record_refused(spool, str(event.request.AffectedSOPClassUID), exc.status)
         return failure(exc.status, str(exc))
-    except (SpoolError, OSError) as exc:
+    except (SpoolError, OSError, sqlite3.Error) as exc:
         log.error("could not keep instance %s: %s", _request_uid(event), exc)
         full = _disk_full(exc)
         status = OUT_OF_RESOURCES if full else PROCESSING_FAILURE
@@ -314,7 +316,9 @@ def _request_uid(event) -> str:
 
 
 def _disk_full(exc: Exception) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (28, 122)  # ENOSPC, EDQUOT
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Receiver:

@@ -225,7 +225,8 @@ class Spool:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite ends it itself on some errors (SQLITE_FULL)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
@@ -247,17 +248,24 @@ class Spool:
             target.parent.mkdir(mode=0o700, exist_ok=True)
             if self.fsync:
                 fsync_dir(target.parent.parent)
+        named = self.db().execute("SELECT 1 FROM instances WHERE sop_uid = ? AND path = ?",
+                                  (record.sop_instance_uid, str(relative))).fetchone()
         place_file(received, target, self.fsync)
         record = replace(record, path=str(relative))
-        with self.transaction() as db:
-            before = db.execute("SELECT study_uid, path FROM instances WHERE sop_uid = ?",
-                                (record.sop_instance_uid,)).fetchone()
-            _upsert_instance(db, record)
-            db.execute("UPDATE associations SET objects = objects + 1 WHERE id = ?",
-                       (record.association_id,))
-            new_here = before is None or before["study_uid"] != record.study_instance_uid
-            if record.role is Role.IMAGE:
-                _touch_study(db, record, new_image=new_here)
+        try:
+            with self.transaction() as db:
+                before = db.execute("SELECT study_uid, path FROM instances WHERE sop_uid = ?",
+                                    (record.sop_instance_uid,)).fetchone()
+                _upsert_instance(db, record)
+                db.execute("UPDATE associations SET objects = objects + 1 WHERE id = ?",
+                           (record.association_id,))
+                new_here = before is None or before["study_uid"] != record.study_instance_uid
+                if record.role is Role.IMAGE:
+                    _touch_study(db, record, new_image=new_here)
+        except BaseException:
+            if named is None:  # no record names the file (a full database): none is left behind
+                target.unlink(missing_ok=True)
+            raise
         if before is not None and before["path"] != record.path:
             (self.root / before["path"]).unlink(missing_ok=True)
         return record

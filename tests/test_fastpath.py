@@ -5,8 +5,10 @@ must keep them byte for byte whatever the PDU size, with O_DIRECT or through the
 header read while a data set arrives must stand in for the handler's own read only when it is
 whole. A sender driven by hand sends what storescu never does: several PDVs in one PDU, fragments
 of 1-3 bytes, pauses between and inside PDUs, a pause while the node stops, and a data set cut
-by an A-RELEASE-RQ or a malformed PDU. Unit tests cover the header read from a file's first
-bytes, a filesystem that takes O_DIRECT at open but refuses the write, and the write buffers.
+by an A-RELEASE-RQ or a malformed PDU. A disk that fills while a data set arrives, or as its
+record is committed, costs that object a status and nothing else. Unit tests cover the header
+read from a file's first bytes, a filesystem that takes O_DIRECT at open but refuses the write,
+and the write buffers.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import logging
 import os
 import socket
+import sqlite3
 import struct
 import threading
 import time
@@ -30,6 +33,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 
 from node import fastpath, received
+from node import spool as spool_module
 from node.received import CANNOT_UNDERSTAND
 from nodeproc import store_responses
 from peers import STORESCU, require, storescu, wait_for
@@ -434,6 +438,44 @@ def test_a_write_failing_mid_data_set_is_answered_and_the_association_goes_on(
     wait_for(lambda: not list(spool.incoming.iterdir()), 5, "the partial file removed")
     refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert refused == [f"could not keep instance {uid_of(files[1])}: [Errno {error}] {os.strerror(error)}"]
+
+
+def test_a_record_that_cannot_be_committed_is_answered_out_of_resources(receiver, tmp_path, monkeypatch,
+                                                                       caplog):
+    """SQLite's "database or disk is full" as the second image's record is committed: A700 and
+    nothing of it kept, and the association goes on. It was pynetdicom's C211 (Cannot
+    understand: the data set's fault, which a sender does not retry), with its file left in the
+    spool under no record."""
+    require(STORESCU)
+    port, spool = receiver
+    files = [image(tmp_path, f"i{n}", 600, 500, 50 + n) for n in range(3)]
+    upsert, calls = spool_module._upsert_instance, []
+    spool.db().execute("CREATE TABLE filler (b BLOB)")
+
+    def second_fails(db, record):
+        calls.append(record.sop_instance_uid)
+        if len(calls) == 2:  # SQLite's own SQLITE_FULL, in the record's transaction
+            limit = db.execute("PRAGMA max_page_count").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+            try:
+                db.execute("INSERT INTO filler VALUES (zeroblob(1 << 20))")
+            finally:
+                db.execute(f"PRAGMA max_page_count = {limit}")
+        upsert(db, record)
+
+    monkeypatch.setattr(spool_module, "_upsert_instance", second_fails)
+    caplog.set_level(logging.INFO, logger="node.receiver")
+
+    sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
+
+    assert store_responses(sent.stdout) == [
+        (str(files[0]), "0x0000: Success"), (str(files[1]), "0xa700: Refused: Out of resources"),
+        (str(files[2]), "0x0000: Success"),
+    ], sent.stdout[-3000:]
+    assert [kept(spool, f).exists() for f in files] == [True, False, True]
+    assert not list(spool.incoming.iterdir())
+    refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert refused == [f"could not keep instance {uid_of(files[1])}: database or disk is full"]
 
 
 # -- the header read early, from a file's first bytes -------------------------------------------

@@ -1,9 +1,11 @@
 """spool.Spool: durable adoption of received files, study states, analysis bookkeeping, recovery."""
 
+import sqlite3
 import stat
 
 import pytest
 
+from node import spool as spool_module
 from node.errors import SpoolError
 from node.model import AnalysisOutcome, InstanceRecord, OutputFile, Role
 from node.outbox import Outbox
@@ -67,6 +69,45 @@ def test_same_instance_again_replaces_the_copy(spool):
     record = receive(spool, "1.2.3.4", 2.0, content=b"second")
     assert (spool.root / record.path).read_bytes() == b"second"
     assert spool.db().execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 1
+
+
+@pytest.fixture
+def fill_database(monkeypatch):
+    """Call it to have the records of instances received next fail to commit, as on a full disk."""
+    def full(*_):
+        raise sqlite3.OperationalError("database or disk is full")
+    return lambda: monkeypatch.setattr(spool_module, "_upsert_instance", full)
+
+
+def test_a_record_that_cannot_be_committed_leaves_no_file_behind(spool, fill_database):
+    fill_database()
+    with pytest.raises(sqlite3.OperationalError):
+        receive(spool, "1.2.3.4", 1.0)
+    assert not list(spool.instances.rglob("*.dcm")) and not any(spool.incoming.iterdir())
+
+
+def test_a_copy_that_cannot_be_committed_leaves_the_recorded_file(spool, fill_database):
+    record = receive(spool, "1.2.3.4", 1.0, content=b"first")
+    fill_database()
+    with pytest.raises(sqlite3.OperationalError):
+        receive(spool, "1.2.3.4", 2.0, content=b"second")
+    # the record still names the file, where the rename put the new copy of the same instance
+    assert (spool.root / record.path).read_bytes() == b"second"
+
+
+def test_a_transaction_sqlite_ended_itself_raises_sqlites_error(spool):
+    """SQLite rolls a transaction back itself on SQLITE_FULL: the ROLLBACK after it raised
+    "cannot rollback - no transaction is active" in place of the error that says "disk full"."""
+    db = spool.db()
+    db.execute("CREATE TABLE filler (b BLOB)")
+    limit = db.execute("PRAGMA max_page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        with spool.transaction() as db:
+            db.execute("INSERT INTO filler VALUES (zeroblob(1 << 20))")
+    assert raised.value.sqlite_errorcode == sqlite3.SQLITE_FULL
+    db.execute(f"PRAGMA max_page_count = {limit}")
+    receive(spool, "1.2.3.4", 1.0)  # and the spool goes on
 
 
 def test_claim_finish_and_queue_deliveries(spool):
