@@ -18,7 +18,6 @@ import io
 import logging
 import os
 import socket
-import sqlite3
 import struct
 import threading
 import time
