@@ -23,9 +23,9 @@ reads the socket, while the peer waits: see docs/benchmarks.md. Where O_DIRECT i
 A write that fails (a full disk) must not end the association: pynetdicom's reader thread
 dies on it, the A-ABORT leaves the file behind, and every later object of the association is
 lost to the sender. The file pynetdicom writes to is made here (``_data_set_file``), unbuffered,
-and neither its writes nor the fast path's raise: the first failure is kept on the file, the
-rest of the data set is read and dropped, and the C-STORE handler answers with a status
-(``write_error``).
+and neither its making nor its writes nor the fast path's raise: the first failure is kept on
+the file, the rest of the data set is read and dropped, and the C-STORE handler answers with a
+status (``write_error``).
 
 ``install`` puts it in place of ``DULServiceProvider._read_pdu_data`` (pynetdicom 3.0); it falls
 back to the original for every PDU it does not handle. A pynetdicom upgrade must re-check the
@@ -44,7 +44,8 @@ import select
 import ssl
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from tempfile import NamedTemporaryFile
+import uuid
+from tempfile import NamedTemporaryFile, gettempdir
 from typing import Callable
 
 from pynetdicom import dimse_messages, dul, evt
@@ -70,8 +71,8 @@ def _fragment_file(provider):
         return None
     message = getattr(provider.assoc.dimse, "message", None)
     target = getattr(message, "_data_set_file", None)
-    if target is None or target.closed:
-        return None
+    if target is None or target.closed or _error_of(target) is not None:
+        return None  # none, or its writes are dropped: pynetdicom's path drops them
     if provider.assoc.get_handlers(evt.EVT_PDU_RECV) or provider.assoc.get_handlers(evt.EVT_DATA_RECV):
         return None  # someone wants to see every PDU
     return target
@@ -393,8 +394,12 @@ def _pwrite_direct(direct: int, cached: int, view: memoryview, offset: int) -> N
 def _data_set_file(*args, **kwargs):
     """pynetdicom's chunked-receive file (its ``NamedTemporaryFile``), unbuffered (each write
     reaches the file, so a failure shows in the write), whose ``write`` does not raise: the
-    first failure is kept (``_error_of``) and every later write dropped."""
-    target = NamedTemporaryFile(*args, **{**kwargs, "buffering": 0})
+    first failure is kept (``_error_of``) and every later write dropped. A file that cannot be
+    made at all (no inode left, ``incoming/`` gone) is an ``_Unmade`` one."""
+    try:
+        target = NamedTemporaryFile(*args, **{**kwargs, "buffering": 0})
+    except OSError as exc:
+        return _Unmade(exc)
     target.calcnode_write_error = None
     raw = target.file
 
@@ -410,6 +415,27 @@ def _data_set_file(*args, **kwargs):
 
     target.write = write
     return target
+
+
+class _Unmade:
+    """Stands in for a data set file that could not be made: what pynetdicom writes to it is
+    dropped, as after a failed write. Its name is a path in the same folder that nothing has."""
+
+    closed = False
+
+    def __init__(self, exc: OSError):
+        self.calcnode_write_error = exc
+        self.name = os.path.join(gettempdir(), f"calcnode-unmade-{uuid.uuid4().hex}.dcm")
+        self.file = self  # pynetdicom flushes ``file`` after each write
+
+    def write(self, data) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _failed(target, exc: OSError) -> None:

@@ -439,6 +439,39 @@ def test_a_write_failing_mid_data_set_is_answered_and_the_association_goes_on(
     assert refused == [f"could not keep instance {uid_of(files[1])}: [Errno {error}] {os.strerror(error)}"]
 
 
+@pytest.mark.parametrize("error, answer", [
+    (errno.ENOSPC, "0xa700: Refused: Out of resources"),  # no inode or directory block left
+    (errno.ENOENT, "0x0110: Failure"),  # incoming/ removed under the running node
+])
+def test_a_data_set_file_that_cannot_be_made_is_answered_and_the_association_goes_on(
+        receiver, tmp_path, monkeypatch, caplog, error, answer):
+    """pynetdicom's reader thread died when the second data set's file could not be created:
+    the association ended there, the later objects unanswered."""
+    require(STORESCU)
+    port, spool = receiver
+    files = [image(tmp_path, f"i{n}", 600, 500, 60 + n) for n in range(3)]
+    made, calls = fastpath.NamedTemporaryFile, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError(error, os.strerror(error))
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(fastpath, "NamedTemporaryFile", second_fails)
+    caplog.set_level(logging.INFO, logger="node.receiver")
+
+    sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
+
+    assert store_responses(sent.stdout) == [
+        (str(files[0]), "0x0000: Success"), (str(files[1]), answer), (str(files[2]), "0x0000: Success"),
+    ], sent.stdout[-3000:]
+    assert [kept(spool, f).exists() for f in files] == [True, False, True]
+    assert not list(spool.incoming.iterdir())
+    refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert refused == [f"could not keep instance {uid_of(files[1])}: [Errno {error}] {os.strerror(error)}"]
+
+
 def test_a_record_that_cannot_be_committed_is_answered_out_of_resources(receiver, tmp_path, monkeypatch,
                                                                        caplog):
     """SQLite's "database or disk is full" as the second image's record is committed: A700 and
