@@ -271,7 +271,7 @@ def handle_store(event, spool: Spool, config: Config, clock, notify) -> int | Da
         header = read_header(path, str(event.request.AffectedSOPClassUID),
                              str(event.request.AffectedSOPInstanceUID), early)
         size = path.stat().st_size
-        if spool.free_mb() - size / 1e6 < config.storage.min_free_mb:
+        if spool.free_mb() < config.storage.min_free_mb:  # the file's bytes already count: in incoming/
             raise Rejected(OUT_OF_RESOURCES, f"less than {config.storage.min_free_mb} MB free")
         record = spool.adopt(path, record_from_header(header, size, clock(), assoc.requestor.ae_title,
                                                       association_id(assoc)))

@@ -52,13 +52,14 @@ def restore_pynetdicom(monkeypatch) -> None:
 
 
 @contextmanager
-def running_receiver(tmp_path, monkeypatch, **listen):
+def running_receiver(tmp_path, monkeypatch, storage: dict | None = None, **listen):
     """(the Receiver, its port, its spool): an in-process receiver on a free loopback port, with
-    ``listen`` settings; stopped after, and pynetdicom's globals restored."""
+    ``storage`` and ``listen`` settings; stopped after, and pynetdicom's globals restored."""
     monkeypatch.setattr(pynetdicom._config, "STORE_RECV_CHUNKED_DATASET", False)
     monkeypatch.setattr(pynetdicom._config, "LOG_HANDLER_LEVEL", pynetdicom._config.LOG_HANDLER_LEVEL)
     restore_pynetdicom(monkeypatch)
-    config = parse_config(node_config(tmp_path, study={"complete_after_s": 600}, listen=listen))
+    config = parse_config(node_config(tmp_path, study={"complete_after_s": 600}, listen=listen,
+                                      storage=storage or {}))
     spool = Spool(config.storage.path, config.storage.fsync).open()
     monkeypatch.setattr(tempfile, "tempdir", str(spool.incoming))  # as service.py does
     node = Receiver(config, spool)

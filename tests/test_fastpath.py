@@ -472,6 +472,23 @@ def test_a_data_set_file_that_cannot_be_made_is_answered_and_the_association_goe
     assert refused == [f"could not keep instance {uid_of(files[1])}: [Errno {error}] {os.strerror(error)}"]
 
 
+def test_storage_min_free_mb_is_what_is_left_with_the_instance_kept(tmp_path, monkeypatch):
+    """The instance's file is already on the spool's disk (incoming/) when the handler checks the
+    free space, so its size is not taken off a second time: the node refused an image whenever
+    less than ``min_free_mb`` plus that image's size was free (on a disk with 12 MB free and
+    ``min_free_mb: 0``, every 10.9 MB image), unlike /readyz and the conformance statement."""
+    require(STORESCU)
+    files = [image(tmp_path, f"i{n}", 2600, 2100, 80 + n) for n in range(2)]  # 10.9 MB each
+    with running_receiver(tmp_path, monkeypatch, storage={"min_free_mb": 100}) as (_, port, spool):
+        free = iter([105.0, 99.0])  # as measured with each file in incoming/
+        monkeypatch.setattr(spool, "free_mb", lambda: next(free))
+        sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
+        assert store_responses(sent.stdout) == [
+            (str(files[0]), "0x0000: Success"), (str(files[1]), "0xa700: Refused: Out of resources"),
+        ], sent.stdout[-3000:]
+        assert [kept(spool, f).exists() for f in files] == [True, False]
+
+
 def test_a_record_that_cannot_be_committed_is_answered_out_of_resources(receiver, tmp_path, monkeypatch,
                                                                        caplog):
     """SQLite's "database or disk is full" as the second image's record is committed: A700 and
