@@ -43,8 +43,8 @@ import os
 import select
 import ssl
 import struct
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from tempfile import NamedTemporaryFile, gettempdir
 from typing import Callable
 

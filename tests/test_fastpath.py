@@ -344,7 +344,15 @@ def test_a_refused_direct_write_is_made_through_the_page_cache(tmp_path, monkeyp
     assert path.read_bytes() == bytes(4096) + b"abcd" * 1024
 
 
-# -- a write that fails while a data set arrives ----------------------------------------------
+# -- a full disk: while a data set arrives, as its record is committed; min_free_mb -----------
+
+SUCCESS, OUT_OF_RESOURCES = "0x0000: Success", "0xa700: Refused: Out of resources"
+
+
+def assert_answers(sent, files: list[Path], answers: list[str]) -> None:
+    """storescu (``-d``) got ``answers`` to ``files``, in order."""
+    assert store_responses(sent.stdout) == list(zip(map(str, files), answers)), sent.stdout[-3000:]
+
 
 class FullDisk:
     """Writes to the second data set file of a test fail with ``error`` from its ``at``-th write
@@ -382,12 +390,12 @@ class CountedFile(io.FileIO):
 
 
 @pytest.mark.parametrize("path, at, error, answer", [
-    ("fast", "first", errno.ENOSPC, "0xa700: Refused: Out of resources"),  # the partial first page
-    ("fast", "second", errno.ENOSPC, "0xa700: Refused: Out of resources"),  # a 4 MiB buffer, O_DIRECT
-    ("fast", "last", errno.EDQUOT, "0xa700: Refused: Out of resources"),  # in close(): the last page
+    ("fast", "first", errno.ENOSPC, OUT_OF_RESOURCES),  # the partial first page
+    ("fast", "second", errno.ENOSPC, OUT_OF_RESOURCES),  # a 4 MiB buffer, O_DIRECT
+    ("fast", "last", errno.EDQUOT, OUT_OF_RESOURCES),  # in close(): the last page
     ("fast", "second", errno.EIO, "0x0110: Failure"),
-    ("pynetdicom", "first", errno.ENOSPC, "0xa700: Refused: Out of resources"),  # the preamble
-    ("pynetdicom", "last", errno.ENOSPC, "0xa700: Refused: Out of resources"),  # the last fragment
+    ("pynetdicom", "first", errno.ENOSPC, OUT_OF_RESOURCES),  # the preamble
+    ("pynetdicom", "last", errno.ENOSPC, OUT_OF_RESOURCES),  # the last fragment
 ])
 def test_a_write_failing_mid_data_set_is_answered_and_the_association_goes_on(
         receiver, tmp_path, monkeypatch, caplog, path, at, error, answer):
@@ -426,9 +434,7 @@ def test_a_write_failing_mid_data_set_is_answered_and_the_association_goes_on(
     sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
 
     assert disk.failed, disk.writes
-    assert store_responses(sent.stdout) == [
-        (str(files[0]), "0x0000: Success"), (str(files[1]), answer), (str(files[2]), "0x0000: Success"),
-    ], sent.stdout[-3000:]
+    assert_answers(sent, files, [SUCCESS, answer, SUCCESS])
     assert "ErrorComment" in sent.stdout
     for kept_file in (files[0], files[2]):
         assert dataset_bytes(kept(spool, kept_file)) == dataset_bytes(kept_file)
@@ -440,7 +446,7 @@ def test_a_write_failing_mid_data_set_is_answered_and_the_association_goes_on(
 
 
 @pytest.mark.parametrize("error, answer", [
-    (errno.ENOSPC, "0xa700: Refused: Out of resources"),  # no inode or directory block left
+    (errno.ENOSPC, OUT_OF_RESOURCES),  # no inode or directory block left
     (errno.ENOENT, "0x0110: Failure"),  # incoming/ removed under the running node
 ])
 def test_a_data_set_file_that_cannot_be_made_is_answered_and_the_association_goes_on(
@@ -463,9 +469,7 @@ def test_a_data_set_file_that_cannot_be_made_is_answered_and_the_association_goe
 
     sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
 
-    assert store_responses(sent.stdout) == [
-        (str(files[0]), "0x0000: Success"), (str(files[1]), answer), (str(files[2]), "0x0000: Success"),
-    ], sent.stdout[-3000:]
+    assert_answers(sent, files, [SUCCESS, answer, SUCCESS])
     assert [kept(spool, f).exists() for f in files] == [True, False, True]
     assert not list(spool.incoming.iterdir())
     refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -483,9 +487,7 @@ def test_storage_min_free_mb_is_what_is_left_with_the_instance_kept(tmp_path, mo
         free = iter([105.0, 99.0])  # as measured with each file in incoming/
         monkeypatch.setattr(spool, "free_mb", lambda: next(free))
         sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
-        assert store_responses(sent.stdout) == [
-            (str(files[0]), "0x0000: Success"), (str(files[1]), "0xa700: Refused: Out of resources"),
-        ], sent.stdout[-3000:]
+        assert_answers(sent, files, [SUCCESS, OUT_OF_RESOURCES])
         assert [kept(spool, f).exists() for f in files] == [True, False]
 
 
@@ -517,10 +519,7 @@ def test_a_record_that_cannot_be_committed_is_answered_out_of_resources(receiver
 
     sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
 
-    assert store_responses(sent.stdout) == [
-        (str(files[0]), "0x0000: Success"), (str(files[1]), "0xa700: Refused: Out of resources"),
-        (str(files[2]), "0x0000: Success"),
-    ], sent.stdout[-3000:]
+    assert_answers(sent, files, [SUCCESS, OUT_OF_RESOURCES, SUCCESS])
     assert [kept(spool, f).exists() for f in files] == [True, False, True]
     assert not list(spool.incoming.iterdir())
     refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
