@@ -43,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 

@@ -354,6 +354,20 @@ def assert_answers(sent, files: list[Path], answers: list[str]) -> None:
     assert store_responses(sent.stdout) == list(zip(map(str, files), answers)), sent.stdout[-3000:]
 
 
+def send_second_refused(port: int, spool, files: list[Path], caplog, answer: str, reason: str):
+    """storescu sends three ``files`` in one association, going on after a failure: the second
+    is answered ``answer`` and logged once as not kept for ``reason``, nothing of it stays, the
+    others are kept. Returns storescu's run."""
+    caplog.set_level(logging.INFO, logger="node.receiver")
+    sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
+    assert_answers(sent, files, [SUCCESS, answer, SUCCESS])
+    assert [kept(spool, f).exists() for f in files] == [True, False, True]
+    wait_for(lambda: not list(spool.incoming.iterdir()), 5, "the partial file removed")
+    refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert refused == [f"could not keep instance {uid_of(files[1])}: {reason}"]
+    return sent
+
+
 class FullDisk:
     """Writes to the second data set file of a test fail with ``error`` from its ``at``-th write
     on ("first", "second", or "last": as many as the first file took), as on a disk that fills
@@ -429,20 +443,14 @@ def test_a_write_failing_mid_data_set_is_answered_and_the_association_goes_on(
             return target
 
         monkeypatch.setattr(fastpath, "NamedTemporaryFile", counted)
-    caplog.set_level(logging.INFO, logger="node.receiver")
 
-    sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
+    sent = send_second_refused(port, spool, files, caplog, answer, f"[Errno {error}] {os.strerror(error)}")
 
     assert disk.failed, disk.writes
-    assert_answers(sent, files, [SUCCESS, answer, SUCCESS])
     assert "ErrorComment" in sent.stdout
     for kept_file in (files[0], files[2]):
         assert dataset_bytes(kept(spool, kept_file)) == dataset_bytes(kept_file)
-    assert not kept(spool, files[1]).exists()
     assert len(spool.db().execute("SELECT * FROM instances").fetchall()) == 2
-    wait_for(lambda: not list(spool.incoming.iterdir()), 5, "the partial file removed")
-    refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert refused == [f"could not keep instance {uid_of(files[1])}: [Errno {error}] {os.strerror(error)}"]
 
 
 @pytest.mark.parametrize("error, answer", [
@@ -465,15 +473,7 @@ def test_a_data_set_file_that_cannot_be_made_is_answered_and_the_association_goe
         return made(*args, **kwargs)
 
     monkeypatch.setattr(fastpath, "NamedTemporaryFile", second_fails)
-    caplog.set_level(logging.INFO, logger="node.receiver")
-
-    sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
-
-    assert_answers(sent, files, [SUCCESS, answer, SUCCESS])
-    assert [kept(spool, f).exists() for f in files] == [True, False, True]
-    assert not list(spool.incoming.iterdir())
-    refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert refused == [f"could not keep instance {uid_of(files[1])}: [Errno {error}] {os.strerror(error)}"]
+    send_second_refused(port, spool, files, caplog, answer, f"[Errno {error}] {os.strerror(error)}")
 
 
 def test_storage_min_free_mb_is_what_is_left_with_the_instance_kept(tmp_path, monkeypatch):
@@ -515,15 +515,7 @@ def test_a_record_that_cannot_be_committed_is_answered_out_of_resources(receiver
         upsert(db, record)
 
     monkeypatch.setattr(spool_module, "_upsert_instance", second_fails)
-    caplog.set_level(logging.INFO, logger="node.receiver")
-
-    sent = storescu("CALCNODE", port, files, extra_args=["-d", "--no-halt"], tcp_nodelay=True)
-
-    assert_answers(sent, files, [SUCCESS, OUT_OF_RESOURCES, SUCCESS])
-    assert [kept(spool, f).exists() for f in files] == [True, False, True]
-    assert not list(spool.incoming.iterdir())
-    refused = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert refused == [f"could not keep instance {uid_of(files[1])}: database or disk is full"]
+    send_second_refused(port, spool, files, caplog, OUT_OF_RESOURCES, "database or disk is full")
 
 
 # -- the header read early, from a file's first bytes -------------------------------------------
