@@ -29,7 +29,7 @@ from node import reactor
 from node.received import OUT_OF_RESOURCES, SUCCESS
 from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
 from peers import STORESCU, require
-from receiving import image, receiver, send_and_check  # noqa: F401 (receiver: a fixture)
+from receiving import image, receiver, running_receiver, send_and_check  # noqa: F401 (receiver: a fixture)
 
 MG = "1.2.840.10008.5.1.4.1.1.1.2"
 UIDS = ["1.2.3", "1.2.34",  # odd and even lengths: a NUL pads the odd one
@@ -121,10 +121,8 @@ def test_every_other_message_goes_through_pynetdicom(case, monkeypatch):
     assert passed == [primitive] and not provider.sent
 
 
-def test_a_pynetdicom_peer_reads_a_success_made_here_and_a_refusal_with_its_reason(receiver, tmp_path,
-                                                                                    monkeypatch):
+def test_a_pynetdicom_peer_reads_a_success_made_here_and_a_refusal_with_its_reason(tmp_path, monkeypatch):
     """Success is encoded here; a refusal carries an Error Comment, so pynetdicom encodes it."""
-    port, spool = receiver
     made = []
     encode = reactor.store_response
     monkeypatch.setattr(reactor, "store_response", lambda *args: made.append(args) or encode(*args))
@@ -132,16 +130,18 @@ def test_a_pynetdicom_peer_reads_a_success_made_here_and_a_refusal_with_its_reas
                             laterality="R", view="MLO", window=(2048, 4096))
     ae = AE(ae_title="PEER")
     ae.add_requested_context(MG, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CALCNODE")
-    try:
-        assert assoc.is_established
-        stored = assoc.send_c_store(ds)
-        monkeypatch.setattr(spool, "free_mb", lambda: 0.0)  # below storage.min_free_mb from now on
-        refused = assoc.send_c_store(ds)
-    finally:
-        assoc.release()
+    with running_receiver(tmp_path, monkeypatch, storage={"min_free_mb": 100}) as (_, port, spool):
+        monkeypatch.setattr(spool, "free_mb", lambda: 150.0)
+        assoc = ae.associate("127.0.0.1", port, ae_title="CALCNODE")
+        try:
+            assert assoc.is_established
+            stored = assoc.send_c_store(ds)
+            monkeypatch.setattr(spool, "free_mb", lambda: 50.0)  # below storage.min_free_mb from now on
+            refused = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
     assert stored.Status == SUCCESS and refused.Status == OUT_OF_RESOURCES
-    assert refused.ErrorComment == "less than 0 MB free" and "ErrorComment" not in stored
+    assert refused.ErrorComment == "less than 100 MB free" and "ErrorComment" not in stored
     assert [args[2:] for args in made] == [(str(ds.SOPInstanceUID), SUCCESS)]
 
 
