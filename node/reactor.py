@@ -47,6 +47,7 @@ import time
 import types
 import weakref
 
+from pydicom.charset import default_encoding
 from pydicom.filewriter import write_file_meta_info as _pydicom_write_file_meta_info
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, association, dimse,
@@ -134,7 +135,9 @@ def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
 
 
 def _ui(uid: str) -> bytes:
-    raw = str(uid).encode("ascii")
+    """A UI value as pydicom writes it: in its default encoding, the one it read the request's
+    UIDs with (a peer may send bytes no UID has; they must not stop the association here)."""
+    raw = str(uid).encode(default_encoding)
     return raw + b"\0" * (len(raw) % 2)  # UI pads with a NUL (PS3.5 6.2)
 
 

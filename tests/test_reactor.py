@@ -26,14 +26,15 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta
 
 from node import reactor
-from node.received import OUT_OF_RESOURCES, SUCCESS
+from node.received import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
 from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
 from peers import STORESCU, require
 from receiving import image, receiver, running_receiver, send_and_check  # noqa: F401 (receiver: a fixture)
 
 MG = "1.2.840.10008.5.1.4.1.1.1.2"
 UIDS = ["1.2.3", "1.2.34",  # odd and even lengths: a NUL pads the odd one
-        "1.2.826.0.1.3680043.8.498." + "1" * 38]  # 64 characters, the longest a UID may be
+        "1.2.826.0.1.3680043.8.498." + "1" * 38,  # 64 characters, the longest a UID may be
+        "1.2.3\u00e9.4"]  # a byte no UID holds, as a peer may send it (pydicom reads ISO 8859-1)
 
 
 def pynetdicom_response(message_id: int, sop_instance: str, status: int) -> bytes:
@@ -143,6 +144,29 @@ def test_a_pynetdicom_peer_reads_a_success_made_here_and_a_refusal_with_its_reas
     assert stored.Status == SUCCESS and refused.Status == OUT_OF_RESOURCES
     assert refused.ErrorComment == "less than 100 MB free" and "ErrorComment" not in stored
     assert [args[2:] for args in made] == [(str(ds.SOPInstanceUID), SUCCESS)]
+
+
+def test_a_request_whose_uid_is_not_ascii_is_refused_and_the_association_goes_on(receiver, monkeypatch):
+    """The hand encoders wrote UIDs as ASCII: a request whose SOP Instance UID held another byte
+    raised in pynetdicom's reader thread as the file meta was written, the thread died and the
+    association with it (the sender waited out its DIMSE timeout; later objects were lost)."""
+    port, spool = receiver
+    monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.WARN)
+    sent = [make_mammo_dataset(np.zeros((64, 48), np.uint16), identity=StudyIdentity(20 + n),
+                               laterality="R", view="CC", window=(2048, 4096)) for n in range(3)]
+    sent[1].SOPInstanceUID = "1.2.3\u00e9.4"
+    ae = AE(ae_title="PEER")
+    ae.add_requested_context(MG, sent[0].file_meta.TransferSyntaxUID)
+    ae.dimse_timeout = 10
+    assoc = ae.associate("127.0.0.1", port, ae_title="CALCNODE")
+    try:
+        assert assoc.is_established
+        answers = [assoc.send_c_store(ds).get("Status") for ds in sent]
+    finally:
+        assoc.release()
+    assert answers == [SUCCESS, CANNOT_UNDERSTAND, SUCCESS]
+    kept_uids = {r[0] for r in spool.db().execute("SELECT sop_uid FROM instances")}
+    assert kept_uids == {str(sent[0].SOPInstanceUID), str(sent[2].SOPInstanceUID)}
 
 
 def test_the_reactors_of_a_receiving_association_are_woken_by_their_work(receiver, tmp_path, monkeypatch):
