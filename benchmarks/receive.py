@@ -300,10 +300,10 @@ def calcnode_run(files: list[Path], work: Path) -> dict:
 def disk_run(n: int, size: int, work: Path) -> float:
     """Seconds to write ``n`` files of ``size`` bytes the way the spool keeps a received image,
     without the network: 4 MiB O_DIRECT writes from fastpath's huge-page buffers by writer
-    threads (two buffers, so at most two writes in flight), then fsync, rename into place and
-    fsync of the folder. What this disk allows calcnode at most."""
+    threads (two buffers, so at most two writes in flight), then the spool's ``place_file``
+    (fsync, rename into place, fsync of the folder). What this disk allows calcnode at most."""
     from node import fastpath
-    from node.spool import fsync_dir
+    from node.spool import place_file
 
     folder = work / "disk-alone"
     (folder / "incoming").mkdir(parents=True)
@@ -329,12 +329,9 @@ def disk_run(n: int, size: int, work: Path) -> float:
                 for write in writes:
                     if write is not None:
                         write.result()
-                os.fsync(fd)
             finally:
                 os.close(fd)
-            target = folder / "instances" / path.name
-            os.replace(path, target)
-            fsync_dir(target.parent)
+            place_file(path, folder / "instances" / path.name, fsync=True)
     seconds = time.perf_counter() - start
     shutil.rmtree(folder)
     return seconds
@@ -420,16 +417,13 @@ def throughput_lines(res: dict) -> list[str]:
     ratio_median = stats["storescp"][1] / stats["calcnode"][1]
     rows.append(f"| calcnode / storescp (target >= {TARGET_RATIO}) | best {ratio_best:.2f} | "
                 f"median {ratio_median:.2f} |")
-    synced = res["storescp+sync"]
-    rows.append(f"| storescp then sync (calcnode fsyncs, storescp does not) | best {n / min(synced):.2f} "
-                f"images/s, calcnode / it {min(synced) / stats['calcnode'][0]:.2f} | median "
-                f"{n / statistics.median(synced):.2f} images/s, calcnode / it "
-                f"{statistics.median(synced) / stats['calcnode'][1]:.2f} |")
-    disk = res["disk"]
-    rows.append(f"| disk alone: the spool's writes of as many files, no network (what the disk allows) | "
-                f"best {n / min(disk):.2f} images/s, calcnode / it {min(disk) / stats['calcnode'][0]:.2f} | "
-                f"median {n / statistics.median(disk):.2f} images/s, calcnode / it "
-                f"{statistics.median(disk) / stats['calcnode'][1]:.2f} |")
+    for key, label in (("storescp+sync", "storescp then sync (calcnode fsyncs, storescp does not)"),
+                       ("disk", "disk alone: the spool's writes of as many files, no network "
+                                "(what the disk allows)")):
+        best, median = min(res[key]), statistics.median(res[key])
+        rows.append(f"| {label} | best {n / best:.2f} images/s, calcnode / it "
+                    f"{best / stats['calcnode'][0]:.2f} | median {n / median:.2f} images/s, "
+                    f"calcnode / it {median / stats['calcnode'][1]:.2f} |")
     for name, runs in res["cpu"].items():
         sender, rest, share = (statistics.median(v) for v in zip(*runs))
         rows.append(f"| CPU per image while receiving: storescu / everything else (the {name} side, "

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pynetdicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian
 from pynetdicom import AE, association, dimse, dimse_messages, dul
 from pynetdicom.dsutils import split_dataset
 
@@ -23,7 +23,7 @@ from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
 from nodeproc import node_config
 from peers import storescu, wait_for
 
-MG = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
+MG = DigitalMammographyXRayImageStorageForPresentation
 
 
 def image(folder: Path, name: str, rows: int, cols: int, seed: int, private_bytes: int = 0) -> Path:

@@ -48,11 +48,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from node.testing.study import write_study
 from nodeproc import NodeProcess, RecordingSink, ThrottledProxy, node_config, sink, store_responses
 from peers import ECHOSCU, STORESCU, echoscu, free_port, require, storescu, wait_for
-from receiving import hand_driven
+from receiving import MG, hand_driven
 
 pytestmark = pytest.mark.slow
 
-MG = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
 A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # PS3.8 9.3.8, source service user
 
 

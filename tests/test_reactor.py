@@ -29,9 +29,10 @@ from node import reactor
 from node.received import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
 from node.testing.dicomfactory import StudyIdentity, make_mammo_dataset
 from peers import STORESCU, require
-from receiving import image, receiver, running_receiver, send_and_check  # noqa: F401 (receiver: a fixture)
+from receiving import (  # noqa: F401 (receiver: a fixture)
+    MG, image, receiver, running_receiver, send_and_check,
+)
 
-MG = "1.2.840.10008.5.1.4.1.1.1.2"
 UIDS = ["1.2.3", "1.2.34",  # odd and even lengths: a NUL pads the odd one
         "1.2.826.0.1.3680043.8.498." + "1" * 38,  # 64 characters, the longest a UID may be
         "1.2.3\u00e9.4"]  # a byte no UID holds, as a peer may send it (pydicom reads ISO 8859-1)
